@@ -1,0 +1,1 @@
+"""Adapters: one module per tool, each implementing ports from `bot.ports`."""

@@ -1,0 +1,211 @@
+"""The composition root: config -> adapters -> store -> jobs -> router -> transports.
+
+This is the only module that names concrete adapters. `Opsloop` owns everything that runs (store
+writer, outbox worker, jobs, the approval sweeper, the web server) and stops it in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from rich.console import Console
+
+from adapters.tracker_local import LocalTracker
+from bot import views as v
+from bot.approvals import Approvals
+from bot.audit import AuditLog
+from bot.clock import Clock, SystemClock
+from bot.config import Config, Env, database_path
+from bot.console import ConsoleDirectory, ConsoleScreen, ConsoleSession, ConsoleSurface, ConsoleTransport
+from bot.context import Services
+from bot.jobs import Job, JobRunner
+from bot.metrics import Metrics
+from bot.outbox import ChatTransport, Outbox, Pacing
+from bot.policy import Policy
+from bot.ports import Directory, Tracker
+from bot.redact import Redactor
+from bot.router import CommandGroup, Router
+from bot.store import Store
+from bot.web import build_web_app
+from handlers import core, feedback, insights, plan
+
+log = logging.getLogger(__name__)
+
+GROUPS: tuple[CommandGroup, ...] = (core.group, plan.group, feedback.group, insights.group)
+SWEEP_SECONDS = 30.0
+
+
+def secret_values(config: Config, env: Env) -> list[str]:
+    """Every secret this process knows, from the environment and the `*_env` indirections."""
+    values = list(env.secrets())
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, val in node.items():
+                if isinstance(k, str) and k.endswith("_env") and isinstance(val, str) and os.environ.get(val):
+                    values.append(os.environ[val])
+                else:
+                    walk(val)
+        elif isinstance(node, list):
+            for x in node:
+                walk(x)
+
+    walk(config.model_dump(by_alias=True))
+    return values
+
+
+class _JobNotices:
+    """Job failures and interruptions go to the job's thread (or channel)."""
+
+    def __init__(self, services_ref: list[Services]) -> None:
+        self._ref = services_ref
+
+    async def _say(self, job: Job, text: str) -> None:
+        services = self._ref[0]
+        channel = job.channel or services.config.channels.default
+        msg = v.Message(text, (v.Section(text),))
+        await services.post(channel, msg, thread_ts=job.thread_ts, dedupe=f"job:{job.id}:{job.attempts}:end")
+
+    async def job_failed(self, job: Job, message: str) -> None:
+        await self._say(job, f":x: `{job.kind}` for `{job.key}` failed: {message}")
+
+    async def job_interrupted(self, job: Job) -> None:
+        who = f" <@{job.requester}>" if job.requester else ""
+        await self._say(job, f":warning:{who} `{job.kind}` for `{job.key}` was interrupted by a restart of "
+                             "opsloop and did not finish; run it again if it is still needed.")
+
+
+@dataclass
+class Opsloop:
+    """A running opsloop: services, router and the tasks it owns."""
+
+    config: Config
+    env: Env
+    services: Services
+    router: Router
+    store: Store
+    transport: ChatTransport
+    surface: Any
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    port: int | None = None
+
+    async def start(self) -> None:
+        """Recover what a previous run left, then start delivering, running and sweeping."""
+        await self.services.outbox.start()
+        await self.services.jobs.recover()
+        await self.services.approvals.expire_due()
+        self._tasks.append(asyncio.create_task(self._sweep(), name="approval-sweeper"))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.services.approvals.expire_due()
+            except Exception:
+                log.exception("approval sweep failed")
+
+    async def health(self) -> dict[str, Any]:
+        """What /healthz reports."""
+        depth = await self.services.outbox.depth()
+        return {"status": "ok", "outbox_depth": depth}
+
+    async def serve_http(self, host: str, port: int, bolt: Any = None) -> int:
+        """Start the web server; return the bound port (port 0 picks a free one)."""
+        app = build_web_app(self.router, self.services, webhook_token=self.env.webhook_token, bolt=bolt,
+                            health=self.health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop in reverse order; queued writes and jobs stay in the database for next time."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.services.jobs.stop()
+        await self.services.outbox.stop()
+        await self.store.close()
+
+
+async def build(
+    config: Config,
+    env: Env,
+    *,
+    transport: ChatTransport,
+    directory: Directory,
+    surface: Any,
+    clock: Clock | None = None,
+    pacing: Pacing | None = None,
+    groups: Sequence[CommandGroup] = GROUPS,
+) -> Opsloop:
+    """Wire everything for one transport; the store is opened (migrations applied) here."""
+    clock = clock or SystemClock()
+    redactor = Redactor(secret_values(config, env))
+    store = Store(database_path(config, env))
+    await store.open()
+    metrics = Metrics()
+    outbox = Outbox(store, transport, metrics, clock, redactor, pacing)
+    ref: list[Services] = []
+    jobs = JobRunner(store, clock, metrics, _JobNotices(ref))
+    policy = Policy(config, directory)
+    audit = AuditLog(store, redactor, clock)
+    approvals = Approvals(store, config, policy, jobs, outbox, audit, clock)
+    trackers: dict[str, Tracker] = {"local": LocalTracker(store, config.plan.prefix, clock.now)}
+    services = Services(
+        config=config, store=store, clock=clock, audit=audit, outbox=outbox, jobs=jobs, policy=policy,
+        approvals=approvals, directory=directory, metrics=metrics, redactor=redactor, trackers=trackers,
+    )
+    ref.append(services)
+    router = Router(groups, services)
+    return Opsloop(config, env, services, router, store, transport, surface)
+
+
+async def build_slack(config: Config, env: Env, **kw: Any) -> tuple[Opsloop, Any, Any]:
+    """opsloop for Slack: returns (opsloop, bolt app, frontend)."""
+    from bot.slack import SlackDirectory, SlackFrontend, SlackSurface, SlackTransport, bolt_app, web_client
+
+    assert env.bot_token is not None
+    client = web_client(env.bot_token, env.api_url)
+    directory = SlackDirectory(client, group_ttl=config.slack.group_cache.total_seconds())
+    ops = await build(config, env, transport=SlackTransport(client), directory=directory,
+                      surface=SlackSurface(client), **kw)
+    bolt = bolt_app(client, env.signing_secret)
+    frontend = SlackFrontend(ops.router, ops.services, client)
+    frontend.register(bolt)
+    return ops, bolt, frontend
+
+
+async def build_console(config: Config, env: Env, out: Console | None = None, **kw: Any
+                        ) -> tuple[Opsloop, ConsoleSession]:
+    """opsloop for the terminal: returns (opsloop, session)."""
+    directory = ConsoleDirectory(config)
+    screen = ConsoleScreen(out or Console(), directory)
+    surface = ConsoleSurface()
+    ops = await build(config, env, transport=ConsoleTransport(screen), directory=directory, surface=surface, **kw)
+    session = ConsoleSession(ops.router, ops.services, screen, surface, directory, config)
+    return ops, session
+
+
+@contextlib.asynccontextmanager
+async def running(ops: Opsloop) -> Any:
+    """Start an Opsloop and stop it at the end of the block."""
+    await ops.start()
+    try:
+        yield ops
+    finally:
+        await ops.stop()

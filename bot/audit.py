@@ -1,0 +1,173 @@
+"""Append-only, hash-chained audit log of every command, click, approval and refusal.
+
+Each row stores the hash of the row before it and its own hash over its fields; `audit_head` keeps the
+newest id and hash in the same transaction. `verify` walks the chain and names the first row that was
+edited, removed or added out of band, including rows cut from the end.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlite_utils import Database
+
+from bot.clock import Clock
+from bot.ports import SqlStore
+from bot.redact import Redactor
+from bot.store import one, rows
+
+GENESIS = "0" * 64
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    REFUSED = "refused"
+    ERROR = "error"
+    REQUESTED = "requested"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    VOIDED = "voided"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One decision: who did what, where, on what, with what outcome and why."""
+
+    actor: str
+    action: str
+    outcome: Outcome
+    channel: str | None = None
+    target: str | None = None
+    reason: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: float
+    actor: str
+    channel: str | None
+    action: str
+    target: str | None
+    outcome: str
+    reason: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    checked: int
+    first_bad: int | None = None
+    problem: str = ""
+
+
+def _digest(prev: str, fields: Mapping[str, Any]) -> str:
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev}\n{body}".encode()).hexdigest()
+
+
+def _fields(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: r[k] for k in ("id", "at", "actor", "channel", "action", "target", "outcome", "reason", "detail")}
+
+
+class AuditLog:
+    """Writes and verifies the audit chain."""
+
+    def __init__(self, store: SqlStore, redactor: Redactor, clock: Clock) -> None:
+        self._store = store
+        self._redact = redactor
+        self._clock = clock
+
+    def append_in(self, db: Database, entry: AuditEntry) -> None:
+        """Append inside a write that is already running, so the decision and its record commit together."""
+        head = one(db, "SELECT id, hash FROM audit_head WHERE one = 1")
+        prev_id, prev_hash = (head["id"], head["hash"]) if head else (0, GENESIS)
+        row = {
+            "id": prev_id + 1,
+            "at": self._clock.now(),
+            "actor": entry.actor,
+            "channel": entry.channel,
+            "action": entry.action,
+            "target": self._redact.text(entry.target) if entry.target else entry.target,
+            "outcome": str(entry.outcome),
+            "reason": self._redact.text(entry.reason) if entry.reason else entry.reason,
+            "detail": json.dumps(self._redact.value(dict(entry.detail)), sort_keys=True, default=str),
+        }
+        digest = _digest(prev_hash, row)
+        db.execute(
+            "INSERT INTO audit (id, at, actor, channel, action, target, outcome, reason, detail, prev_hash, hash)"
+            " VALUES (:id, :at, :actor, :channel, :action, :target, :outcome, :reason, :detail, :prev, :hash)",
+            {**row, "prev": prev_hash, "hash": digest},
+        )
+        db.execute(
+            "INSERT INTO audit_head (one, id, hash) VALUES (1, ?, ?)"
+            " ON CONFLICT(one) DO UPDATE SET id = excluded.id, hash = excluded.hash",
+            (row["id"], digest),
+        )
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Append one entry (committed when this returns)."""
+        await self._store.write(lambda db: self.append_in(db, entry))
+
+    async def recent(self, n: int = 10) -> list[AuditRow]:
+        """The newest `n` rows, newest first."""
+
+        def q(db: Database) -> list[dict[str, Any]]:
+            return rows(db, "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (n,))
+
+        return [
+            AuditRow(
+                id=r["id"], at=r["at"], actor=r["actor"], channel=r["channel"], action=r["action"],
+                target=r["target"], outcome=r["outcome"], reason=r["reason"], detail=json.loads(r["detail"]),
+            )
+            for r in await self._store.read(q)
+        ]
+
+    async def verify(self) -> Verification:
+        """Walk the chain; report the first row that breaks it."""
+        return await self._store.read(verify_chain)
+
+
+def verify_chain(db: Database) -> Verification:
+    """Check every row's link and hash, and the head; see the module docstring."""
+    expected_prev = GENESIS
+    last_id = 0
+    checked = 0
+    cur = db.execute(
+        "SELECT id, at, actor, channel, action, target, outcome, reason, detail, prev_hash, hash"
+        " FROM audit ORDER BY id"
+    )
+    cols = [c[0] for c in cur.description]
+    for raw in cur:
+        r = dict(zip(cols, raw, strict=True))
+        checked += 1
+        if r["id"] != last_id + 1:
+            return Verification(
+                False, checked, r["id"], f"row {r['id']} follows row {last_id}: rows in between were deleted"
+            )
+        if r["prev_hash"] != expected_prev:
+            return Verification(
+                False, checked, r["id"],
+                f"row {r['id']} does not link to row {last_id}: row {last_id} was changed or replaced",
+            )
+        if _digest(r["prev_hash"], _fields(r)) != r["hash"]:
+            return Verification(False, checked, r["id"], f"row {r['id']} was edited after it was written")
+        expected_prev, last_id = r["hash"], r["id"]
+    head = one(db, "SELECT id, hash FROM audit_head WHERE one = 1")
+    head_id, head_hash = (head["id"], head["hash"]) if head else (0, GENESIS)
+    if head_id != last_id or head_hash != expected_prev:
+        return Verification(
+            False, checked, last_id + 1 if head_id > last_id else head_id,
+            f"the log ends at row {last_id} but its head says row {head_id}: rows were removed from the end"
+            if head_id > last_id
+            else f"the head says row {head_id} but the log goes on to row {last_id}: rows were added out of band",
+        )
+    return Verification(True, checked)

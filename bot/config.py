@@ -1,0 +1,250 @@
+"""Typed configuration: YAML for the shape of the team, the environment for secrets.
+
+`load_config` reports every problem at once, each with its path (`environments.prod.approvals.required`)
+and a hint, so a bad config is fixed in one pass. Secrets never live in the YAML: a key such as
+`token` must be written `token_env: VARIABLE` and the value is read from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from bot.durations import parse_duration
+from bot.errors import ConfigError
+
+EVERYONE = "everyone"
+_SECRET_KEYS = re.compile(r"^(token|password|secret|api_key|apikey|signing_secret|client_secret)$", re.I)
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_GROUP = re.compile(r"^(@[\w.-]+|S[A-Z0-9]{2,})$")
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Storage(_Model):
+    path: str = Field("opsloop.db", description="SQLite file, relative to the config file")
+
+
+class Channels(_Model):
+    default: str = Field("#ops", description="where replies and cards go when nothing else is set")
+    approvals: str | None = Field(None, description="approval cards (default: the requester's channel)")
+    feedback: str | None = Field(None, description="feedback cards (default: `default`)")
+    alerts: str | None = None
+
+
+class ApprovalRule(_Model):
+    """N distinct approvers from a role; the requester never counts unless self_approval."""
+
+    required: int = Field(1, ge=1, le=10)
+    from_: str = Field(alias="from", description="role whose members may approve")
+    self_approval: bool = False
+    expire_after: Duration = Field(timedelta(minutes=30), description="e.g. 30m, 2h")
+
+
+class PlanConfig(_Model):
+    prefix: str = Field("OPS", pattern=r"^[A-Z][A-Z0-9]{0,9}$", description="key prefix: OPS-12")
+    tracker: str = Field("local", description="default tracker for `plan new`")
+
+
+class ConsoleConfig(_Model):
+    """Who exists in `opsloop console`, where there is no Slack to ask."""
+
+    user: str = Field("me", description="the acting user at start (a name from `people`)")
+    channel: str = "#ops"
+    people: dict[str, str] = Field(default_factory=dict, description="name -> user id")
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="@handle -> user ids")
+
+
+class SlackConfig(_Model):
+    group_cache: Duration = Field(timedelta(minutes=10), description="how long user-group members are cached")
+
+
+class Config(_Model):
+    """The whole opsloop configuration (opsloop.yml)."""
+
+    storage: Storage = Storage()
+    channels: Channels = Channels()
+    roles: dict[str, list[str]] = Field(
+        default_factory=dict, description="role -> Slack user ids (U…/W…) or user groups (@handle or S…)"
+    )
+    permissions: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="command id or pattern (plan.*, audit.list) -> roles allowed; `everyone` for all",
+    )
+    approvals: dict[str, ApprovalRule] = Field(
+        default_factory=dict, description="policy key (plan.done) -> approval rule"
+    )
+    plan: PlanConfig = PlanConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    slack: SlackConfig = SlackConfig()
+    services: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    environments: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    integrations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("roles")
+    @classmethod
+    def _members_look_like_ids(cls, roles: dict[str, list[str]]) -> dict[str, list[str]]:
+        for role, members in roles.items():
+            if role == EVERYONE:
+                raise ValueError(f"`{EVERYONE}` is built in; pick another role name")
+            for m in members:
+                if not (_USER_ID.match(m) or _GROUP.match(m)):
+                    raise ValueError(
+                        f"role `{role}`: `{m}` is neither a user id (U…/W…) nor a user group (@handle or S…)"
+                    )
+        return roles
+
+
+@dataclass(frozen=True)
+class Env:
+    """The environment contract of DESIGN.md section 4."""
+
+    bot_token: str | None
+    signing_secret: str | None
+    app_token: str | None
+    api_url: str
+    config_path: Path
+    db: str | None
+    webhook_token: str | None
+    http_host: str
+    http_port: int
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None, config_path: str | None = None) -> Env:
+        """Read the environment; `config_path` (from `--config`) wins over OPSLOOP_CONFIG."""
+        e = os.environ if environ is None else environ
+        port_text = e.get("OPSLOOP_HTTP_PORT", "3000")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ConfigError(
+                "environment", [("OPSLOOP_HTTP_PORT", f"`{port_text}` is not a port number")]
+            ) from None
+        api_url = e.get("SLACK_API_URL") or "https://slack.com/api/"
+        if not api_url.endswith("/"):
+            api_url += "/"
+        return cls(
+            bot_token=e.get("SLACK_BOT_TOKEN") or None,
+            signing_secret=e.get("SLACK_SIGNING_SECRET") or None,
+            app_token=e.get("SLACK_APP_TOKEN") or None,
+            api_url=api_url,
+            config_path=Path(config_path or e.get("OPSLOOP_CONFIG") or "opsloop.yml"),
+            db=e.get("OPSLOOP_DB") or None,
+            webhook_token=e.get("OPSLOOP_WEBHOOK_TOKEN") or None,
+            http_host=e.get("OPSLOOP_HTTP_HOST") or "127.0.0.1",
+            http_port=port,
+        )
+
+    def secrets(self) -> list[str]:
+        """Every secret value known from the environment, for redaction."""
+        return [s for s in (self.bot_token, self.signing_secret, self.app_token, self.webhook_token) if s]
+
+
+def _secret_literals(node: Any, path: str = "") -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and _SECRET_KEYS.match(k) and isinstance(v, str):
+                problems.append(
+                    (p, f"secrets don't belong in the YAML: write `{k}_env: SOME_VARIABLE` and set it in the environment")
+                )
+            else:
+                problems.extend(_secret_literals(v, p))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            problems.extend(_secret_literals(v, f"{path}[{i}]"))
+    return problems
+
+
+def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    known_roles = set(cfg.roles) | {EVERYONE}
+    for pattern, roles in cfg.permissions.items():
+        for r in roles:
+            if r not in known_roles:
+                problems.append((f"permissions.{pattern}", f"unknown role `{r}`; define it under `roles`"))
+    for key, rule in cfg.approvals.items():
+        if rule.from_ not in cfg.roles:
+            problems.append((f"approvals.{key}.from", f"unknown role `{rule.from_}`; define it under `roles`"))
+    if cfg.console.people and cfg.console.user not in cfg.console.people:
+        problems.append(("console.user", f"`{cfg.console.user}` is not one of console.people"))
+    return problems
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate already-loaded YAML data; raise ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("(top)", "the config must be a mapping of sections (storage:, roles:, …)")])
+    problems = _secret_literals(data)
+    cfg: Config | None = None
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        for e in err.errors():
+            path = ".".join(str(p) for p in e["loc"]) or "(top)"
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key; check the spelling (`opsloop config schema` lists every key)"
+            problems.append((path, msg))
+    if cfg is not None:
+        problems.extend(_cross_checks(cfg))
+    if problems:
+        raise ConfigError(source, problems)
+    assert cfg is not None
+    return cfg
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            str(path), [("(file)", "no such file; pass --config FILE or set OPSLOOP_CONFIG (see examples/demo.yml)")]
+        ) from None
+    except OSError as err:
+        raise ConfigError(str(path), [("(file)", f"cannot read it: {err.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError(str(path), [(where, f"not valid YAML: {getattr(err, 'problem', err)}")]) from None
+    return parse_config(data, str(path))
+
+
+def database_path(cfg: Config, env: Env) -> Path:
+    """OPSLOOP_DB wins; otherwise `storage.path` relative to the config file's directory."""
+    if env.db:
+        return Path(env.db)
+    p = Path(cfg.storage.path).expanduser()
+    return p if p.is_absolute() else env.config_path.parent / p
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file."""
+    return Config.model_json_schema(by_alias=True)

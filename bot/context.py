@@ -1,0 +1,164 @@
+"""What a handler is handed: who acts, where, the ports and core services, and helpers to answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from bot import rendering
+from bot import views as v
+from bot.approvals import Approvals
+from bot.audit import AuditEntry, AuditLog, Outcome
+from bot.clock import Clock
+from bot.config import Config
+from bot.errors import NotConfigured
+from bot.jobs import JobRunner
+from bot.metrics import Metrics
+from bot.outbox import Outbox
+from bot.policy import Policy
+from bot.ports import Directory, SqlStore, Tracker
+from bot.redact import Redactor
+
+if TYPE_CHECKING:
+    from bot.router import Router
+
+
+class Surface(Protocol):
+    """Interaction a transport offers beyond messages: modals (Slack views.open, console prompts)."""
+
+    async def open_modal(self, trigger_id: str | None, modal: v.Modal, *, user: str, channel: str) -> None: ...
+
+
+@dataclass
+class Services:
+    """The core services and ports, built once by `bot.app`."""
+
+    config: Config
+    store: SqlStore
+    clock: Clock
+    audit: AuditLog
+    outbox: Outbox
+    jobs: JobRunner
+    policy: Policy
+    approvals: Approvals
+    directory: Directory
+    metrics: Metrics
+    redactor: Redactor
+    trackers: dict[str, Tracker] = field(default_factory=dict)
+
+    async def post(
+        self, channel: str, msg: v.Message, *, key: str | None = None, thread_key: str | None = None,
+        thread_ts: str | None = None, dedupe: str | None = None,
+    ) -> None:
+        """Post a message through the outbox; with `key`, later `update(key)` edits it in place."""
+        await self.outbox.post(
+            channel, rendering.message(msg), key=key, thread_key=thread_key, thread_ts=thread_ts, dedupe=dedupe
+        )
+
+    async def update(self, key: str, msg: v.Message) -> bool:
+        """Edit the message posted under `key`; False if there is none."""
+        return await self.outbox.update(key, rendering.message(msg))
+
+    def tracker(self, name: str | None = None) -> Tracker:
+        """The named tracker, or the configured default; NotConfigured if absent."""
+        name = name or self.config.plan.tracker
+        t = self.trackers.get(name)
+        if t is None:
+            known = ", ".join(sorted(self.trackers)) or "none"
+            raise NotConfigured(
+                f"The tracker `{name}` isn't configured (configured: {known}). "
+                f"Add it under `integrations.{name}` or use `plan.tracker: local`."
+            )
+        return t
+
+
+@dataclass
+class Ctx:
+    """One invocation: a command, a click, a submit or a shortcut."""
+
+    actor: str
+    channel: str
+    services: Services
+    surface: Surface
+    router: Router
+    thread_ts: str | None = None
+    trigger_id: str | None = None
+    response_url: str | None = None
+    message_ts: str | None = None
+    source: str = "slash"
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    @property
+    def policy(self) -> Policy:
+        return self.services.policy
+
+    @property
+    def approvals(self) -> Approvals:
+        return self.services.approvals
+
+    @property
+    def jobs(self) -> JobRunner:
+        return self.services.jobs
+
+    @property
+    def directory(self) -> Directory:
+        return self.services.directory
+
+    @property
+    def store(self) -> SqlStore:
+        return self.services.store
+
+    @property
+    def clock(self) -> Clock:
+        return self.services.clock
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.services.metrics
+
+    @property
+    def audit_log(self) -> AuditLog:
+        return self.services.audit
+
+    @property
+    def redactor(self) -> Redactor:
+        return self.services.redactor
+
+    def tracker(self, name: str | None = None) -> Tracker:
+        """The tracker to use (see Services.tracker)."""
+        return self.services.tracker(name)
+
+    async def post(
+        self, msg: v.Message, *, channel: str | None = None, key: str | None = None,
+        thread_key: str | None = None, thread_ts: str | None = None, dedupe: str | None = None,
+    ) -> None:
+        """Post a message (through the outbox); with `key`, later `update(key)` edits it in place."""
+        await self.services.post(
+            channel or self.channel, msg, key=key, thread_key=thread_key, thread_ts=thread_ts, dedupe=dedupe
+        )
+
+    async def update(self, key: str, msg: v.Message) -> bool:
+        """Edit the message posted under `key`; False if there is none."""
+        return await self.services.update(key, msg)
+
+    async def tell(self, text: str) -> None:
+        """A private note to the acting user in this channel."""
+        await self.services.outbox.ephemeral(
+            self.channel, self.actor, rendering.message(v.Message(text, (v.Section(text),))), self.thread_ts
+        )
+
+    async def open_modal(self, modal: v.Modal) -> None:
+        """Open a form for the acting user."""
+        await self.surface.open_modal(self.trigger_id, modal, user=self.actor, channel=self.channel)
+
+    async def audit(
+        self, action: str, outcome: Outcome, *, target: str | None = None, reason: str | None = None,
+        detail: dict[str, object] | None = None,
+    ) -> None:
+        """Record a decision in the audit log."""
+        await self.services.audit.record(
+            AuditEntry(self.actor, action, outcome, self.channel, target, reason, detail or {})
+        )

@@ -1,0 +1,34 @@
+"""Durations as people type them: `90s`, `30m`, `1h30m`, `2d`, `1w`."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+)([smhdw])")
+_WHOLE = re.compile(r"^(?:\d+[smhdw])+$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse `1h30m` style text; raise ValueError with a readable message otherwise."""
+    t = text.strip().lower()
+    if not _WHOLE.match(t):
+        raise ValueError(f"`{text}` is not a duration: write it like 90s, 30m, 2h, 1h30m or 3d")
+    seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(t))
+    if seconds <= 0:
+        raise ValueError(f"`{text}` is not a positive duration")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(delta: timedelta) -> str:
+    """The short form of a duration: `1h30m`, `45s`."""
+    seconds = int(delta.total_seconds())
+    if seconds <= 0:
+        return "0s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, seconds = divmod(seconds, size)
+        if n:
+            out.append(f"{n}{unit}")
+    return "".join(out)

@@ -1,0 +1,514 @@
+"""Durable, paced, coalescing delivery of every Slack write.
+
+A write is a row before it is anything else. One worker delivers rows in id order per channel (so a
+thread keeps its order and a parent is posted before its replies), paces each channel and method
+within Slack's limits, honours `Retry-After`, retries 5xx and timeouts with backoff, and gives up only
+on permanent errors. Pending updates of one message collapse into the newest; a post whose logical key
+already has a message becomes an update of it. A post is marked `sending` before the call; if the
+process dies in between, start-up looks the message up by its metadata marker before posting again,
+so a restart never posts the same message twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlite_utils import Database
+
+from bot.clock import Clock
+from bot.metrics import Metrics
+from bot.ports import SqlStore
+from bot.redact import Redactor
+from bot.store import one, rows
+
+log = logging.getLogger(__name__)
+
+Payload = Mapping[str, Any]
+MARKER_EVENT = "opsloop_write"
+
+
+class Op(enum.StrEnum):
+    POST = "post"
+    UPDATE = "update"
+    EPHEMERAL = "ephemeral"
+    HOME = "home"
+    RESPOND = "respond"
+    UPLOAD = "upload"
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """Where the message of a logical key lives."""
+
+    key: str
+    channel: str
+    ts: str
+
+
+class DeliveryError(Exception):
+    """A transport failure; `retryable` decides between backoff and giving up."""
+
+    def __init__(self, reason: str, *, retryable: bool, retry_after: float | None = None, method: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.method = method
+
+
+class ChatTransport(Protocol):
+    """What the outbox needs from a chat surface (Slack or the console)."""
+
+    paced: bool
+
+    async def post(self, channel: str, payload: Payload, *, thread_ts: str | None, marker: str) -> tuple[str, str]:
+        """Post; return (channel id, ts)."""
+        ...
+
+    async def update(self, channel: str, ts: str, payload: Payload) -> None: ...
+
+    async def ephemeral(self, channel: str, user: str, payload: Payload, *, thread_ts: str | None) -> None: ...
+
+    async def publish_home(self, user: str, view: Payload) -> None: ...
+
+    async def respond(self, url: str, payload: Payload) -> None: ...
+
+    async def upload(self, channel: str, payload: Payload, *, thread_ts: str | None) -> None: ...
+
+    async def find_posted(self, channel: str, thread_ts: str | None, marker: str, since: float) -> str | None:
+        """The ts of a message we posted with this marker, if it exists."""
+        ...
+
+
+@dataclass
+class Pacing:
+    """Rates within Slack's published limits (chat.postMessage ~1/s per channel; Tier 3/4 per minute)."""
+
+    post_per_channel: float = 1.0
+    post_burst: int = 4
+    update_per_second: float = 50 / 60
+    update_burst: int = 20
+    other_per_second: float = 100 / 60
+    other_burst: int = 20
+    backoff_base: float = 0.5
+    backoff_max: float = 60.0
+    max_in_flight: int = 8
+
+    @classmethod
+    def unpaced(cls) -> Pacing:
+        """No pacing (the console; tests of logic that isn't about pacing)."""
+        return cls(1e6, 10**6, 1e6, 10**6, 1e6, 10**6, 0.01, 0.05, 32)
+
+
+class _Bucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.paused_until = 0.0
+
+    def delay(self) -> float:
+        """0 and a token taken, or the seconds to wait."""
+        now = time.monotonic()
+        if now < self.paused_until:
+            return self.paused_until - now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self.tokens = 0
+
+
+class Outbox:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        transport: ChatTransport,
+        metrics: Metrics,
+        clock: Clock,
+        redactor: Redactor,
+        pacing: Pacing | None = None,
+    ) -> None:
+        self._store = store
+        self.transport = transport
+        self._metrics = metrics
+        self._clock = clock
+        self._redact = redactor
+        self.pacing = pacing or (Pacing() if transport.paced else Pacing.unpaced())
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._busy: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.on_posted: list[Callable[[MessageRef], Awaitable[None]]] = []
+
+    # --- enqueue -------------------------------------------------------------------------------------
+
+    def _row(self, op: Op, channel: str, payload: Payload, **extra: Any) -> dict[str, Any]:
+        now = self._clock.now()
+        return {
+            "op": str(op),
+            "channel": channel,
+            "payload": json.dumps(self._redact.value(dict(payload)), separators=(",", ":")),
+            "state": str(State.PENDING),
+            "next_at": time.time(),
+            "created_at": now,
+            **extra,
+        }
+
+    def post_in(
+        self,
+        db: Database,
+        channel: str,
+        payload: Payload,
+        *,
+        key: str | None = None,
+        thread_key: str | None = None,
+        thread_ts: str | None = None,
+        dedupe: str | None = None,
+    ) -> None:
+        """Queue a post inside a running write; with `key`, an existing message is updated instead."""
+        if key is not None:
+            if self._update_in(db, key, payload):
+                return
+            pending_post = one(
+                db, "SELECT id FROM outbox WHERE ref_key = ? AND op = 'post' AND state = 'pending'", (key,)
+            )
+            if pending_post:
+                db.execute("UPDATE outbox SET payload = ? WHERE id = ?",
+                           (self._row(Op.POST, channel, payload)["payload"], pending_post["id"]))
+                return
+        row = self._row(Op.POST, channel, payload, ref_key=key, thread_key=thread_key, thread_ts=thread_ts,
+                        dedupe_key=dedupe)
+        self._insert(db, row)
+
+    def update_in(self, db: Database, key: str, payload: Payload) -> bool:
+        """Queue an update of the message of `key` inside a running write; False if there is none."""
+        return self._update_in(db, key, payload)
+
+    def _update_in(self, db: Database, key: str, payload: Payload) -> bool:
+        body = self._row(Op.UPDATE, "", payload)["payload"]
+        # Newest wins: a pending post or a pending update of the same message takes the new body.
+        pending = one(
+            db,
+            "SELECT id FROM outbox WHERE ref_key = ? AND op IN ('post', 'update') AND state = 'pending'"
+            " ORDER BY id DESC LIMIT 1",
+            (key,),
+        )
+        if pending:
+            db.execute("UPDATE outbox SET payload = ? WHERE id = ?", (body, pending["id"]))
+            return True
+        ref = one(db, "SELECT channel FROM message_refs WHERE key = ?", (key,))
+        if ref is None:
+            in_flight = one(
+                db, "SELECT channel FROM outbox WHERE ref_key = ? AND op = 'post' AND state = 'sending'", (key,)
+            )
+            if in_flight is None:
+                return False
+            channel = in_flight["channel"]
+        else:
+            channel = ref["channel"]
+        self._insert(db, self._row(Op.UPDATE, channel, payload, ref_key=key))
+        return True
+
+    def ephemeral_in(self, db: Database, channel: str, user: str, payload: Payload,
+                     thread_ts: str | None = None) -> None:
+        """Queue an ephemeral message to one user inside a running write."""
+        self._insert(db, self._row(Op.EPHEMERAL, channel, payload, user=user, thread_ts=thread_ts))
+
+    def home_in(self, db: Database, user: str, view: Payload) -> None:
+        """Queue a publish of a user's App Home; pending publishes for the user collapse."""
+        body = self._row(Op.HOME, "", view)["payload"]
+        pending = one(db, "SELECT id FROM outbox WHERE op = 'home' AND user = ? AND state = 'pending'", (user,))
+        if pending:
+            db.execute("UPDATE outbox SET payload = ? WHERE id = ?", (body, pending["id"]))
+            return
+        self._insert(db, self._row(Op.HOME, f"home:{user}", view, user=user))
+
+    def respond_in(self, db: Database, url: str, payload: Payload) -> None:
+        """Queue a post to a response_url inside a running write."""
+        self._insert(db, self._row(Op.RESPOND, f"respond:{url[-24:]}", payload, user=url))
+
+    def upload_in(self, db: Database, channel: str, payload: Payload, *, thread_key: str | None = None,
+                  thread_ts: str | None = None) -> None:
+        """Queue a file upload (`filename`, `content`, `title`, `comment`) inside a running write."""
+        self._insert(db, self._row(Op.UPLOAD, channel, payload, thread_key=thread_key, thread_ts=thread_ts))
+
+    def _insert(self, db: Database, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join(f":{c}" for c in row)
+        db.execute(f"INSERT INTO outbox ({cols}) VALUES ({marks}) ON CONFLICT(dedupe_key) DO NOTHING", row)
+
+    # async conveniences for callers that have nothing else to write
+
+    async def post(self, channel: str, payload: Payload, **kw: Any) -> None:
+        """Queue a post (see `post_in`)."""
+        await self._store.write(lambda db: self.post_in(db, channel, payload, **kw))
+        self.kick()
+
+    async def update(self, key: str, payload: Payload) -> bool:
+        """Queue an update (see `update_in`)."""
+        done = await self._store.write(lambda db: self._update_in(db, key, payload))
+        self.kick()
+        return done
+
+    async def ephemeral(self, channel: str, user: str, payload: Payload, thread_ts: str | None = None) -> None:
+        """Queue an ephemeral message."""
+        await self._store.write(lambda db: self.ephemeral_in(db, channel, user, payload, thread_ts))
+        self.kick()
+
+    async def publish_home(self, user: str, view: Payload) -> None:
+        """Queue an App Home publish."""
+        await self._store.write(lambda db: self.home_in(db, user, view))
+        self.kick()
+
+    async def ref(self, key: str) -> MessageRef | None:
+        """Where the message of `key` was posted, if it was."""
+        r = await self._store.read(lambda db: one(db, "SELECT * FROM message_refs WHERE key = ?", (key,)))
+        return MessageRef(r["key"], r["channel"], r["ts"]) if r else None
+
+    def kick(self) -> None:
+        """Tell the worker there is something new."""
+        self._idle.clear()
+        self._wake.set()
+
+    # --- worker ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reconcile rows left `sending` by a crash, then start delivering."""
+        await self._recover()
+        self._stopping = False
+        self._runner = asyncio.create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        """Stop the worker; in-flight deliveries finish, the rest waits in the table for next time."""
+        self._stopping = True
+        self._wake.set()
+        if self._runner:
+            await self._runner
+            self._runner = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until nothing is pending or in flight; False on timeout."""
+        self.kick()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.depth() == 0 and not self._tasks:
+                return True
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                pass
+        return False
+
+    async def depth(self) -> int:
+        """Rows pending or in flight."""
+        n = await self._store.read(
+            lambda db: db.execute("SELECT count(*) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
+        )
+        self._metrics.outbox_depth.set(n)
+        return int(n)
+
+    async def _recover(self) -> None:
+        stuck = await self._store.read(
+            lambda db: rows(db, "SELECT * FROM outbox WHERE state = 'sending' ORDER BY id")
+        )
+        for r in stuck:
+            if r["op"] == Op.POST:
+                thread_ts = r["thread_ts"] or await self._thread_ts(r)
+                try:
+                    ts = await self.transport.find_posted(
+                        r["channel"], thread_ts, self._marker(r), (r["started_at"] or r["created_at"]) - 60
+                    )
+                except DeliveryError as err:
+                    log.warning("outbox: could not check whether row %s was posted (%s); retrying it", r["id"], err)
+                    ts = None
+                if ts is not None:
+                    log.info("outbox: row %s was posted before the restart (ts %s); not posting again", r["id"], ts)
+                    await self._store.write(lambda db, r=r, ts=ts: self._mark_sent(db, r, r["channel"], ts))
+                    continue
+            await self._store.write(
+                lambda db, r=r: db.execute("UPDATE outbox SET state = 'pending' WHERE id = ?", (r["id"],))
+            )
+
+    @staticmethod
+    def _marker(r: Mapping[str, Any]) -> str:
+        return str(r["dedupe_key"] or f"ob-{r['id']}")
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                wait = await self._dispatch()
+            except Exception:
+                log.exception("outbox worker cycle failed; retrying in 1 s")
+                wait = 1.0
+            if wait is None and not self._tasks:
+                self._idle.set()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait if wait is not None else 5.0)
+            except TimeoutError:
+                pass
+
+    async def _dispatch(self) -> float | None:
+        heads = await self._store.read(
+            lambda db: rows(
+                db,
+                "SELECT * FROM outbox WHERE id IN (SELECT MIN(id) FROM outbox"
+                " WHERE state IN ('pending', 'sending') GROUP BY channel) ORDER BY id",
+            )
+        )
+        self._metrics.outbox_depth.set(len(heads))
+        soonest: float | None = None
+        now = time.time()
+        for r in heads:
+            if r["channel"] in self._busy or r["state"] == State.SENDING:
+                continue
+            if len(self._tasks) >= self.pacing.max_in_flight:
+                soonest = 0.05
+                break
+            wait = r["next_at"] - now
+            if wait <= 0:
+                wait = self._bucket(r).delay()
+            if wait > 0:
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            self._busy.add(r["channel"])
+            task = asyncio.create_task(self._deliver(r), name=f"outbox-{r['id']}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return soonest
+
+    def _bucket(self, r: Mapping[str, Any]) -> _Bucket:
+        p = self.pacing
+        op = r["op"]
+        if op == Op.POST or op == Op.UPLOAD:
+            key, rate, burst = (op, r["channel"]), p.post_per_channel, p.post_burst
+        elif op == Op.UPDATE:
+            key, rate, burst = (op, ""), p.update_per_second, p.update_burst
+        else:
+            key, rate, burst = (op, ""), p.other_per_second, p.other_burst
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(rate, burst)
+        return b
+
+    async def _thread_ts(self, r: Mapping[str, Any]) -> str | None:
+        if not r["thread_key"]:
+            return None
+        ref = await self.ref(r["thread_key"])
+        return ref.ts if ref else None
+
+    async def _deliver(self, r: dict[str, Any]) -> None:
+        try:
+            await self._deliver_one(r)
+        except DeliveryError as err:
+            await self._failed(r, err)
+        except Exception as err:  # a bug or an unexpected library error: keep the row, retry later
+            log.exception("outbox: delivering row %s raised", r["id"])
+            await self._failed(r, DeliveryError(f"{type(err).__name__}: {err}", retryable=True))
+        finally:
+            self._busy.discard(r["channel"])
+            self._wake.set()
+
+    async def _deliver_one(self, r: dict[str, Any]) -> None:
+        payload = json.loads(r["payload"])
+        op = Op(r["op"])
+        t = self.transport
+        if op is Op.POST:
+            thread_ts = r["thread_ts"] or await self._thread_ts(r)
+            started = self._clock.now()
+            await self._store.write(
+                lambda db: db.execute("UPDATE outbox SET state = 'sending', started_at = ? WHERE id = ?",
+                                      (started, r["id"]))
+            )
+            channel, ts = await t.post(r["channel"], payload, thread_ts=thread_ts, marker=self._marker(r))
+            await self._store.write(lambda db: self._mark_sent(db, r, channel, ts))
+            if r["ref_key"]:
+                for cb in self.on_posted:
+                    await cb(MessageRef(r["ref_key"], channel, ts))
+        else:
+            if op is Op.UPDATE:
+                ref = await self.ref(r["ref_key"])
+                if ref is None:
+                    raise DeliveryError(f"no message is known for `{r['ref_key']}`", retryable=False)
+                await t.update(ref.channel, ref.ts, payload)
+            elif op is Op.EPHEMERAL:
+                await t.ephemeral(r["channel"], r["user"], payload, thread_ts=r["thread_ts"])
+            elif op is Op.HOME:
+                await t.publish_home(r["user"], payload)
+            elif op is Op.RESPOND:
+                await t.respond(r["user"], payload)
+            elif op is Op.UPLOAD:
+                await t.upload(r["channel"], payload, thread_ts=r["thread_ts"] or await self._thread_ts(r))
+            await self._store.write(lambda db: self._mark_sent(db, r, r["channel"], None))
+        self._metrics.outbox_sent.labels(op=str(op)).inc()
+
+    def _mark_sent(self, db: Database, r: Mapping[str, Any], channel: str, ts: str | None) -> None:
+        db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, error = NULL WHERE id = ?",
+                   (self._clock.now(), r["id"]))
+        if ts is not None and r["ref_key"]:
+            db.execute(
+                "INSERT INTO message_refs (key, channel, ts, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET channel = excluded.channel, ts = excluded.ts",
+                (r["ref_key"], channel, ts, self._clock.now()),
+            )
+
+    async def _failed(self, r: Mapping[str, Any], err: DeliveryError) -> None:
+        op = str(r["op"])
+        if not err.retryable:
+            log.error("outbox: giving up on %s row %s to %s: %s", op, r["id"], r["channel"], err.reason)
+            self._metrics.outbox_failed.labels(op=op).inc()
+            await self._store.write(
+                lambda db: db.execute(
+                    "UPDATE outbox SET state = 'failed', error = ?, attempts = attempts + 1 WHERE id = ?",
+                    (err.reason, r["id"]),
+                )
+            )
+            return
+        attempts = int(r["attempts"]) + 1
+        if err.retry_after is not None:
+            delay = err.retry_after
+            self._metrics.slack_429.labels(method=err.method or op).inc()
+            self._bucket(r).pause(delay)
+            reason = "ratelimited"
+        else:
+            delay = min(self.pacing.backoff_max, self.pacing.backoff_base * 2 ** min(attempts, 16))
+            delay *= 0.75 + random.random() / 2
+            reason = "error"
+        self._metrics.slack_retries.labels(reason=reason).inc()
+        log.warning("outbox: %s row %s to %s failed (%s); retry %d in %.1fs",
+                    op, r["id"], r["channel"], err.reason, attempts, delay)
+        await self._store.write(
+            lambda db: db.execute(
+                "UPDATE outbox SET state = 'pending', attempts = ?, next_at = ?, error = ? WHERE id = ?",
+                (attempts, time.time() + delay, err.reason, r["id"]),
+            )
+        )

@@ -1,0 +1,83 @@
+"""Secret redaction before anything is written (audit, chat, logs).
+
+Two nets: the exact values of secrets we know (from the environment), and patterns of well-known token
+shapes and `key=value` secrets, so a token pasted into chat is not stored either.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+MASK = "[redacted]"
+
+_PATTERNS = [
+    re.compile(r"xox[abeposr]-[A-Za-z0-9-]{8,}"),  # Slack bot/user/legacy tokens
+    re.compile(r"xapp-[A-Za-z0-9-]{8,}"),  # Slack app-level tokens
+    re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"),  # GitHub tokens
+    re.compile(r"glpat-[A-Za-z0-9_-]{20,}"),  # GitLab tokens
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # AWS access key ids
+    re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),  # JWTs
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(
+        r"(?i)\b((?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret)\s*[=:]\s*)"
+        r"(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+    ),
+    re.compile(r"(?i)(://[^/\s:@]+:)[^@\s/]+(@)"),  # credentials inside URLs
+]
+
+
+class Redactor:
+    """Masks known secret values and secret-looking substrings."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is masked whole.
+        self._values = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+
+    def add(self, secret: str) -> None:
+        """Remember one more secret value."""
+        if secret and len(secret) >= 6 and secret not in self._values:
+            self._values = sorted([*self._values, secret], key=len, reverse=True)
+
+    def text(self, s: str) -> str:
+        """The text with every secret masked."""
+        for v in self._values:
+            if v in s:
+                s = s.replace(v, MASK)
+        for p in _PATTERNS:
+            # Group 1, when present, is the kept prefix (`token=`); a last group `(@)` is kept too.
+            if p.groups == 0:
+                s = p.sub(MASK, s)
+            elif p.pattern.endswith("(@)"):
+                s = p.sub(lambda m: m.group(1) + MASK + "@", s)
+            else:
+                s = p.sub(lambda m: m.group(1) + MASK, s)
+        return s
+
+    def value(self, v: Any) -> Any:
+        """Redact every string inside a JSON-like value."""
+        if isinstance(v, str):
+            return self.text(v)
+        if isinstance(v, dict):
+            return {k: self.value(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [self.value(x) for x in v]
+        return v
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts the formatted message of every record."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = self.redactor.text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True

@@ -1,0 +1,441 @@
+"""CommandGroups and the Router: one registry per app, collision checks, and one dispatch path.
+
+Every command, click, submit and shortcut goes through the same steps: parse at the edge into typed
+values, check the policy on the payload's user id, run the handler, audit the decision, count it.
+A UserError becomes a reply with its text verbatim; any other exception becomes a short apology with
+an error id while the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from bot import commands as c
+from bot import views as v
+from bot.approvals import ApprovalKind
+from bot.audit import AuditEntry, Outcome
+from bot.context import Ctx, Services, Surface
+from bot.errors import NotAllowed, UsageError, UserError
+from bot.jobs import JobKind
+from bot.rendering import base_action
+
+log = logging.getLogger(__name__)
+
+
+# --- what transports hand to the router (parsed at the edge) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A command typed by someone (slash command, mention, console line)."""
+
+    actor: str
+    channel: str
+    text: str
+    source: str = "slash"
+    thread_ts: str | None = None
+    trigger_id: str | None = None
+    response_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Click:
+    """A button pressed."""
+
+    actor: str
+    channel: str
+    action_id: str
+    value: str
+    message_ts: str | None = None
+    thread_ts: str | None = None
+    trigger_id: str | None = None
+    response_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A modal submitted: input values by name, and the metadata the modal carried."""
+
+    actor: str
+    callback: str
+    values: Mapping[str, str | None]
+    metadata: str = ""
+
+
+@dataclass(frozen=True)
+class ShortcutCall:
+    """A message shortcut used on a message."""
+
+    actor: str
+    callback: str
+    channel: str
+    message_ts: str
+    message_text: str
+    message_user: str | None
+    trigger_id: str | None = None
+    response_url: str | None = None
+
+
+@dataclass(frozen=True)
+class HookResult:
+    status: int
+    text: str
+
+
+class SubmitErrors(UserError):
+    """Field errors of a modal submit: shown next to the fields in Slack, as text in the console."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{k}: {m}" for k, m in self.errors.items()))
+
+
+# --- registrations ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    id: str
+    handler: Callable[..., Awaitable[v.Reply | None]]
+    value: type[BaseModel] | None
+    policy: str
+
+
+@dataclass(frozen=True)
+class SubmitSpec:
+    callback: str
+    handler: Callable[..., Awaitable[v.Reply | None]]
+    metadata: type[BaseModel] | None
+    policy: str
+
+
+@dataclass(frozen=True)
+class ShortcutSpec:
+    callback: str
+    name: str
+    description: str
+    handler: Callable[..., Awaitable[None]]
+    policy: str
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    source: str
+    handler: Callable[[Services, Any], Awaitable[HookResult]]
+
+
+HomeFn = Callable[[Ctx], Awaitable[Sequence[v.Block]]]
+
+
+@dataclass
+class CommandGroup:
+    """The commands, buttons, forms, hooks and jobs of one stage (errbot's plugin, botkube's table)."""
+
+    stage: str
+    doc: str
+    commands: list[c.CommandSpec] = field(default_factory=list)
+    actions: list[ActionSpec] = field(default_factory=list)
+    submits: list[SubmitSpec] = field(default_factory=list)
+    shortcuts: list[ShortcutSpec] = field(default_factory=list)
+    homes: list[tuple[int, HomeFn]] = field(default_factory=list)
+    hooks: list[HookSpec] = field(default_factory=list)
+    jobs: list[tuple[str, Callable[..., Awaitable[None]], bool, float]] = field(default_factory=list)
+    approval_kinds: list[tuple[str, str, Callable[..., Awaitable[str]], Callable[..., Awaitable[str | None]] | None]] = (
+        field(default_factory=list)
+    )
+
+    def command(
+        self, words: str, *params: c.Param, id: str | None = None, examples: Sequence[str] = (), hidden: bool = False
+    ) -> Callable[[c.Handler], c.Handler]:
+        """Register a command; its docstring is its help (first line: summary)."""
+
+        def deco(fn: c.Handler) -> c.Handler:
+            ws = tuple(words.split())
+            cid = id or ".".join(ws[:2] if len(ws) > 1 else (*ws, "run"))
+            self.commands.append(c.CommandSpec(cid, ws, tuple(params), fn, fn.__doc__ or "", tuple(examples), hidden))
+            return fn
+
+        return deco
+
+    def action(self, action_id: str, *, value: type[BaseModel] | None = None, policy: str | None = None
+               ) -> Callable[[Any], Any]:
+        """Register a button; `value` is the pydantic model its value parses into."""
+
+        def deco(fn: Any) -> Any:
+            self.actions.append(ActionSpec(action_id, fn, value, policy or action_id))
+            return fn
+
+        return deco
+
+    def submit(self, callback: str, *, metadata: type[BaseModel] | None = None, policy: str | None = None
+               ) -> Callable[[Any], Any]:
+        """Register a modal submit handler."""
+
+        def deco(fn: Any) -> Any:
+            self.submits.append(SubmitSpec(callback, fn, metadata, policy or callback))
+            return fn
+
+        return deco
+
+    def shortcut(self, callback: str, *, name: str, description: str, policy: str | None = None
+                 ) -> Callable[[Any], Any]:
+        """Register a message shortcut (it appears in the manifest)."""
+
+        def deco(fn: Any) -> Any:
+            self.shortcuts.append(ShortcutSpec(callback, name, description, fn, policy or callback))
+            return fn
+
+        return deco
+
+    def home(self, order: int = 50) -> Callable[[HomeFn], HomeFn]:
+        """Contribute blocks to the App Home tab."""
+
+        def deco(fn: HomeFn) -> HomeFn:
+            self.homes.append((order, fn))
+            return fn
+
+        return deco
+
+    def hook(self, source: str) -> Callable[[Any], Any]:
+        """Register the handler of `POST /hooks/<source>`."""
+
+        def deco(fn: Any) -> Any:
+            self.hooks.append(HookSpec(source, fn))
+            return fn
+
+        return deco
+
+    def job(self, kind: str, *, resumable: bool = False, timeout: float = 3600.0) -> Callable[[Any], Any]:
+        """Register a kind of job: `async def fn(services, jctx)`."""
+
+        def deco(fn: Any) -> Any:
+            self.jobs.append((kind, fn, resumable, timeout))
+            return fn
+
+        return deco
+
+    def approval(self, policy_key: str, *, job: str, fingerprint: Callable[..., Awaitable[str]],
+                 recheck: Callable[..., Awaitable[str | None]] | None = None) -> None:
+        """Register how approvals of `policy_key` fingerprint their subject and what job runs after."""
+        self.approval_kinds.append((policy_key, job, fingerprint, recheck))
+
+
+# --- the router --------------------------------------------------------------------------------------------
+
+
+class Router:
+    """The single registry of an app; see the module docstring."""
+
+    def __init__(self, groups: Sequence[CommandGroup], services: Services) -> None:
+        self.groups = list(groups)
+        self.services = services
+        specs = [s for g in groups for s in g.commands]
+        ids: dict[str, str] = {}
+        for s in specs:
+            if s.id in ids:
+                raise ValueError(f"command id {s.id} is registered twice")
+            ids[s.id] = s.id
+        self.grammar = c.Grammar(specs)
+        self.actions = self._unique({a.id: a for g in groups for a in g.actions}, [a.id for g in groups for a in g.actions],
+                                    "action")
+        self.submits = self._unique({s.callback: s for g in groups for s in g.submits},
+                                    [s.callback for g in groups for s in g.submits], "modal")
+        self.shortcuts = self._unique({s.callback: s for g in groups for s in g.shortcuts},
+                                      [s.callback for g in groups for s in g.shortcuts], "shortcut")
+        self.hooks = self._unique({h.source: h for g in groups for h in g.hooks},
+                                  [h.source for g in groups for h in g.hooks], "hook")
+        self.homes = sorted((h for g in groups for h in g.homes), key=lambda x: x[0])
+        for g in groups:
+            for kind, fn, resumable, timeout in g.jobs:
+                services.jobs.register(JobKind(kind, partial(fn, services), resumable, timeout))
+            for key, job, fp, recheck in g.approval_kinds:
+                services.approvals.register(ApprovalKind(
+                    key, job, partial(fp, services), partial(recheck, services) if recheck else None
+                ))
+
+    @staticmethod
+    def _unique(table: dict[str, Any], names: list[str], what: str) -> dict[str, Any]:
+        if len(table) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"{what} ids registered twice: {', '.join(dup)}")
+        return table
+
+    @property
+    def specs(self) -> list[c.CommandSpec]:
+        return self.grammar.specs
+
+    def stages(self) -> list[CommandGroup]:
+        return self.groups
+
+    def _ctx(self, surface: Surface, actor: str, channel: str, **kw: Any) -> Ctx:
+        return Ctx(actor=actor, channel=channel, services=self.services, surface=surface, router=self, **kw)
+
+    async def _resolve(self, args: dict[str, Any]) -> dict[str, Any]:
+        out = dict(args)
+        for k, val in args.items():
+            if isinstance(val, c.Mention):
+                if val.id:
+                    out[k] = val.id
+                    continue
+                assert val.name is not None
+                uid = await self.services.directory.find(val.name)
+                if uid is None:
+                    raise UsageError(
+                        f"I don't know @{val.name}. Mention them so chat fills in the person "
+                        "(type @ and pick from the list)."
+                    )
+                out[k] = uid
+        return out
+
+    async def _finish(
+        self, actor: str, channel: str, action: str, target: str | None, started: float, err: BaseException | None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> v.Reply | None:
+        """Audit and count one dispatch; turn an error into the reply the user sees."""
+        reply: v.Reply | None = None
+        if err is None:
+            outcome, reason = Outcome.OK, None
+        elif isinstance(err, NotAllowed):
+            outcome, reason = Outcome.REFUSED, str(err)
+            reply = error_reply(err)
+        elif isinstance(err, UserError):
+            outcome, reason = Outcome.ERROR, str(err)
+            reply = error_reply(err)
+        else:
+            error_id = secrets.token_hex(3)
+            log.error("%s by %s failed (error %s)", action, actor, error_id, exc_info=err)
+            outcome, reason = Outcome.ERROR, f"internal error {error_id}: {type(err).__name__}"
+            reply = v.Reply.text(
+                f":warning: Something went wrong on my side (error `{error_id}`). "
+                "Nothing was changed unless a message says so; the details are in the opsloop log."
+            )
+        self.services.metrics.commands.labels(id=action, outcome=outcome.value).inc()
+        await self.services.audit.record(AuditEntry(
+            actor, action, outcome, channel, target, reason,
+            {"ms": round((time.perf_counter() - started) * 1000, 1), **(detail or {})},
+        ))
+        return reply
+
+    async def command(self, inv: Invocation, surface: Surface) -> v.Reply:
+        """Run one command line; always returns something to show."""
+        started = time.perf_counter()
+        text = inv.text.strip() or "help"
+        action = "command.unknown"
+        reply: v.Reply | None = None
+        err: BaseException | None = None
+        try:
+            parsed = self.grammar.parse(text)
+            action = parsed.command.id
+            decision = await self.services.policy.check(inv.actor, action)
+            if not decision.allowed:
+                raise NotAllowed(decision.reason)
+            args = await self._resolve(parsed.args)
+            ctx = self._ctx(surface, inv.actor, inv.channel, thread_ts=inv.thread_ts, trigger_id=inv.trigger_id,
+                            response_url=inv.response_url, source=inv.source)
+            reply = await parsed.command.handler(ctx, **args)
+        except Exception as e:  # every failure is reported to the user and audited below
+            err = e
+        failure = await self._finish(inv.actor, inv.channel, action, self.services.redactor.text(text)[:500],
+                                     started, err, {"source": inv.source})
+        return failure or reply or v.Reply.text("Done.")
+
+    async def click(self, click: Click, surface: Surface) -> v.Reply | None:
+        """Run a button's handler; the reply (if any) goes privately to the clicker."""
+        started = time.perf_counter()
+        action = base_action(click.action_id)
+        reply: v.Reply | None = None
+        err: BaseException | None = None
+        try:
+            spec = self.actions.get(action)
+            if spec is None:
+                raise UserError("This button belongs to something opsloop no longer has; run the command again.")
+            value: Any = click.value
+            if spec.value is not None:
+                try:
+                    value = spec.value.model_validate_json(click.value or "{}")
+                except ValidationError:
+                    raise UserError("This button's data is not valid any more; run the command again.") from None
+            decision = await self.services.policy.check(click.actor, spec.policy)
+            if not decision.allowed:
+                raise NotAllowed(decision.reason)
+            ctx = self._ctx(surface, click.actor, click.channel, thread_ts=click.thread_ts,
+                            trigger_id=click.trigger_id, response_url=click.response_url,
+                            message_ts=click.message_ts, source="click")
+            reply = await spec.handler(ctx, value)
+        except Exception as e:  # reported and audited below
+            err = e
+        failure = await self._finish(click.actor, click.channel, f"click:{action}", click.value[:300], started, err)
+        return failure or reply
+
+    async def submit(self, sub: Submission, surface: Surface, channel: str) -> v.Reply | None:
+        """Run a modal's submit handler; SubmitErrors propagate so the transport can show them by field."""
+        started = time.perf_counter()
+        err: BaseException | None = None
+        reply: v.Reply | None = None
+        spec = self.submits.get(sub.callback)
+        try:
+            if spec is None:
+                raise UserError("This form belongs to something opsloop no longer has.")
+            meta: Any = sub.metadata
+            if spec.metadata is not None:
+                try:
+                    meta = spec.metadata.model_validate_json(sub.metadata or "{}")
+                except ValidationError:
+                    raise UserError("This form's data is not valid any more; open it again.") from None
+            decision = await self.services.policy.check(sub.actor, spec.policy)
+            if not decision.allowed:
+                raise NotAllowed(decision.reason)
+            ctx = self._ctx(surface, sub.actor, channel, source="submit")
+            reply = await spec.handler(ctx, dict(sub.values), meta)
+        except SubmitErrors as e:
+            await self._finish(sub.actor, channel, f"submit:{sub.callback}", None, started, e)
+            raise
+        except Exception as e:  # reported and audited below
+            err = e
+        failure = await self._finish(sub.actor, channel, f"submit:{sub.callback}", None, started, err)
+        return failure or reply
+
+    async def shortcut(self, call: ShortcutCall, surface: Surface) -> v.Reply | None:
+        """Run a message shortcut."""
+        started = time.perf_counter()
+        err: BaseException | None = None
+        try:
+            spec = self.shortcuts.get(call.callback)
+            if spec is None:
+                raise UserError("opsloop has no such shortcut any more.")
+            decision = await self.services.policy.check(call.actor, spec.policy)
+            if not decision.allowed:
+                raise NotAllowed(decision.reason)
+            ctx = self._ctx(surface, call.actor, call.channel, trigger_id=call.trigger_id,
+                            response_url=call.response_url, message_ts=call.message_ts, source="shortcut")
+            await spec.handler(ctx, call)
+        except Exception as e:  # reported and audited below
+            err = e
+        return await self._finish(call.actor, call.channel, f"shortcut:{call.callback}", call.message_ts, started, err)
+
+    async def home(self, user: str, surface: Surface) -> v.HomeView:
+        """The App Home tab of `user`, from every stage's contribution."""
+        ctx = self._ctx(surface, user, f"home:{user}", source="home")
+        blocks: list[v.Block] = []
+        for _, fn in self.homes:
+            try:
+                blocks.extend(await fn(ctx))
+            except Exception:
+                log.exception("a home section failed")
+                blocks.append(v.Context(("This section could not be loaded; see the opsloop log.",)))
+        return v.HomeView(tuple(blocks))
+
+
+def error_reply(err: UserError) -> v.Reply:
+    """How a UserError looks to the user."""
+    icon = ":no_entry:" if isinstance(err, NotAllowed) else ":warning:"
+    text = f"{icon} *{err.title}:* {err}"
+    return v.Reply(v.Message(f"{err.title}: {err}"[:3000], (v.Section(text),)))

@@ -1,0 +1,449 @@
+"""Slack: Bolt AsyncApp wiring (HTTP and Socket Mode), the Web API transport of the outbox, the directory.
+
+Slack payloads are parsed here into the router's typed values; nothing Slack-shaped goes further in.
+Every command, click and submit is answered within Slack's 3 seconds: the router gets 2.5 s, and if it
+needs longer the ack says so and the answer follows through the response_url (via the outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from bot import rendering
+from bot import views as v
+from bot.context import Services
+from bot.outbox import MARKER_EVENT, DeliveryError, Payload
+from bot.ports import AdapterError, AdapterNotFound, AdapterUnavailable, Person
+from bot.router import Click, Invocation, Router, ShortcutCall, Submission, SubmitErrors
+
+log = logging.getLogger(__name__)
+
+ACK_DEADLINE = 2.5
+SLASH_COMMAND = "/ops"
+# Errors after which a retry can succeed; everything else Slack answers is permanent for that write.
+_RETRYABLE = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
+              "request_timeout", "team_added_to_org"}
+_MENTION_PREFIX = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*")
+
+
+def web_client(token: str, api_url: str, timeout: int = 10) -> AsyncWebClient:
+    """The one Web API client: explicit base URL (SLACK_API_URL), connection retries only (the outbox
+    does the rest)."""
+    return AsyncWebClient(
+        token=token, base_url=api_url, timeout=timeout,
+        retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=1)],
+    )
+
+
+def _delivery_error(method: str, err: Exception) -> DeliveryError:
+    if isinstance(err, SlackApiError):
+        status = err.response.status_code
+        code = str(err.response.get("error", "")) if err.response is not None else ""
+        if status == 429:
+            try:
+                after = float(err.response.headers.get("Retry-After", "1"))
+            except (TypeError, ValueError):
+                after = 1.0
+            return DeliveryError(f"{method}: rate limited", retryable=True, retry_after=after, method=method)
+        if status >= 500:
+            return DeliveryError(f"{method}: Slack answered HTTP {status}", retryable=True, method=method)
+        detail = ""
+        meta = err.response.get("response_metadata") if err.response is not None else None
+        if isinstance(meta, dict) and meta.get("messages"):
+            detail = " " + "; ".join(str(m) for m in meta["messages"])[:500]
+        return DeliveryError(f"{method}: {code}{detail}", retryable=code in _RETRYABLE, method=method)
+    if isinstance(err, asyncio.TimeoutError | aiohttp.ClientError | OSError):
+        return DeliveryError(f"{method}: {type(err).__name__} {err}".strip(), retryable=True, method=method)
+    return DeliveryError(f"{method}: {type(err).__name__}: {err}", retryable=True, method=method)
+
+
+class SlackTransport:
+    """The outbox's delivery to Slack's Web API."""
+
+    paced = True
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self.client = client
+
+    async def _call(self, method: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await fn()
+        except Exception as err:  # mapped to retryable or permanent
+            raise _delivery_error(method, err) from err
+
+    async def post(self, channel: str, payload: Payload, *, thread_ts: str | None, marker: str) -> tuple[str, str]:
+        resp = await self._call("chat.postMessage", lambda: self.client.chat_postMessage(
+            channel=channel, text=payload.get("text"), blocks=payload.get("blocks"), thread_ts=thread_ts,
+            metadata={"event_type": MARKER_EVENT, "event_payload": {"id": marker}},
+            unfurl_links=False, unfurl_media=False,
+        ))
+        return str(resp["channel"]), str(resp["ts"])
+
+    async def update(self, channel: str, ts: str, payload: Payload) -> None:
+        await self._call("chat.update", lambda: self.client.chat_update(
+            channel=channel, ts=ts, text=payload.get("text"), blocks=payload.get("blocks")))
+
+    async def ephemeral(self, channel: str, user: str, payload: Payload, *, thread_ts: str | None) -> None:
+        if channel.startswith(("U", "W", "home:")):
+            # No channel to be private in (a click on the App Home): the app's DM carries it.
+            await self._call("chat.postMessage", lambda: self.client.chat_postMessage(
+                channel=user, text=payload.get("text"), blocks=payload.get("blocks")))
+            return
+        await self._call("chat.postEphemeral", lambda: self.client.chat_postEphemeral(
+            channel=channel, user=user, text=payload.get("text"), blocks=payload.get("blocks"), thread_ts=thread_ts))
+
+    async def publish_home(self, user: str, view: Payload) -> None:
+        await self._call("views.publish", lambda: self.client.views_publish(user_id=user, view=dict(view)))
+
+    async def respond(self, url: str, payload: Payload) -> None:
+        hook = AsyncWebhookClient(url, timeout=10, session=None)
+        resp = await self._call("response_url", lambda: hook.send_dict(dict(payload)))
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise DeliveryError(f"response_url answered {resp.status_code}", retryable=True)
+        if resp.status_code != 200:
+            raise DeliveryError(f"response_url answered {resp.status_code}: {resp.body[:200]}", retryable=False)
+
+    async def upload(self, channel: str, payload: Payload, *, thread_ts: str | None) -> None:
+        await self._call("files.upload", lambda: self.client.files_upload_v2(
+            channel=channel, filename=payload["filename"], content=payload["content"],
+            title=payload.get("title") or payload["filename"], initial_comment=payload.get("comment"),
+            thread_ts=thread_ts,
+        ))
+
+    async def find_posted(self, channel: str, thread_ts: str | None, marker: str, since: float) -> str | None:
+        cursor: str | None = None
+        for _ in range(10):  # a few pages of recent history are plenty for "just before the crash"
+            if thread_ts:
+                resp = await self._call("conversations.replies", lambda c=cursor: self.client.conversations_replies(
+                    channel=channel, ts=thread_ts, oldest=str(since), include_all_metadata=True, cursor=c,
+                    limit=200))
+            else:
+                resp = await self._call("conversations.history", lambda c=cursor: self.client.conversations_history(
+                    channel=channel, oldest=str(since), include_all_metadata=True, cursor=c, limit=200))
+            for m in resp.get("messages", []):
+                meta = m.get("metadata") or {}
+                if meta.get("event_type") == MARKER_EVENT and (meta.get("event_payload") or {}).get("id") == marker:
+                    return str(m["ts"])
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        return None
+
+
+class SlackDirectory:
+    """Users and user groups from Slack, cached (usergroups.* is Tier 2: never call it per click)."""
+
+    def __init__(self, client: AsyncWebClient, group_ttl: float = 600.0, user_ttl: float = 3600.0) -> None:
+        self.client = client
+        self.group_ttl = group_ttl
+        self.user_ttl = user_ttl
+        self._people: dict[str, tuple[float, Person]] = {}
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._handles: tuple[float, dict[str, str]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def person(self, user_id: str) -> Person:
+        hit = self._people.get(user_id)
+        if hit and time.monotonic() - hit[0] < self.user_ttl:
+            return hit[1]
+        try:
+            resp = await self.client.users_info(user=user_id)
+        except SlackApiError as err:
+            code = err.response.get("error") if err.response is not None else "error"
+            if code in ("user_not_found", "user_not_visible"):
+                raise AdapterNotFound("Slack", f"no user {user_id}") from err
+            raise AdapterUnavailable("Slack", f"users.info failed: {code}") from err
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            raise AdapterUnavailable("Slack", f"users.info failed: {err}") from err
+        u = resp["user"]
+        p = Person(
+            id=u["id"], name=u.get("real_name") or u.get("name") or u["id"], is_bot=bool(u.get("is_bot")),
+            is_guest=bool(u.get("is_restricted") or u.get("is_ultra_restricted")), deleted=bool(u.get("deleted")),
+        )
+        self._people[user_id] = (time.monotonic(), p)
+        return p
+
+    async def _group_id(self, ref: str) -> str | None:
+        if not ref.startswith("@"):
+            return ref
+        if self._handles is None or time.monotonic() - self._handles[0] > self.group_ttl:
+            resp = await self.client.usergroups_list()
+            self._handles = (time.monotonic(), {g["handle"]: g["id"] for g in resp.get("usergroups", [])})
+        return self._handles[1].get(ref[1:])
+
+    async def group_members(self, group: str) -> frozenset[str]:
+        hit = self._groups.get(group)
+        if hit and time.monotonic() - hit[0] < self.group_ttl:
+            return hit[1]
+        async with self._lock:
+            hit = self._groups.get(group)
+            if hit and time.monotonic() - hit[0] < self.group_ttl:
+                return hit[1]
+            try:
+                gid = await self._group_id(group)
+                members: frozenset[str] = frozenset()
+                if gid:
+                    resp = await self.client.usergroups_users_list(usergroup=gid)
+                    members = frozenset(resp.get("users", []))
+            except SlackApiError as err:
+                code = err.response.get("error") if err.response is not None else "error"
+                if code == "no_such_subteam":
+                    members = frozenset()
+                elif hit:  # keep serving the last known members while Slack is unhappy
+                    return hit[1]
+                else:
+                    raise AdapterError("Slack", f"could not read user group {group}: {code}") from err
+            self._groups[group] = (time.monotonic(), members)
+            return members
+
+    async def find(self, name: str) -> str | None:
+        # Slack escapes mentions (`<@U123|name>`), so a bare `@name` is text someone typed by hand.
+        return None
+
+
+class SlackSurface:
+    """Modals through views.open."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self.client = client
+
+    async def open_modal(self, trigger_id: str | None, modal: v.Modal, *, user: str, channel: str) -> None:
+        if not trigger_id:
+            raise AdapterError("Slack", "this interaction carries no trigger to open a form with")
+        try:
+            await self.client.views_open(trigger_id=trigger_id, view=rendering.modal(modal))
+        except SlackApiError as err:
+            code = err.response.get("error") if err.response is not None else "error"
+            raise AdapterError("Slack", f"could not open the form ({code}); try again") from err
+
+
+def _field(body: Mapping[str, Any], *path: str) -> Any:
+    cur: Any = body
+    for p in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+def submission_values(view: Mapping[str, Any]) -> dict[str, str | None]:
+    """Input values of a submitted view, by block id."""
+    out: dict[str, str | None] = {}
+    values = _field(view, "state", "values") or {}
+    for block_id, actions in values.items():
+        for _action_id, state in (actions or {}).items():
+            if "selected_option" in state:
+                opt = state.get("selected_option") or {}
+                out[block_id] = opt.get("value")
+            else:
+                out[block_id] = state.get("value")
+    return out
+
+
+class SlackFrontend:
+    """Bolt listeners that turn Slack payloads into router calls."""
+
+    def __init__(self, router: Router, services: Services, client: AsyncWebClient) -> None:
+        self.router = router
+        self.services = services
+        self.client = client
+        self.surface = SlackSurface(client)
+        self._late: set[asyncio.Task[Any]] = set()
+
+    async def _within_deadline(self, coro: Awaitable[Any]) -> tuple[bool, asyncio.Task[Any]]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+        done, _ = await asyncio.wait({task}, timeout=ACK_DEADLINE)
+        return bool(done), task
+
+    def _later(self, task: asyncio.Task[Any], deliver: Callable[[Any], Awaitable[None]]) -> None:
+        async def finish() -> None:
+            try:
+                await deliver(await task)
+            except Exception:
+                log.exception("delivering a late answer failed")
+
+        t = asyncio.ensure_future(finish())
+        self._late.add(t)
+        t.add_done_callback(self._late.discard)
+
+    async def wait_late(self) -> None:
+        """Wait for answers still being worked on (tests, shutdown)."""
+        while self._late:
+            await asyncio.gather(*list(self._late), return_exceptions=True)
+
+    def register(self, app: AsyncApp) -> None:
+        """Attach every listener to the Bolt app."""
+        metrics = self.services.metrics
+        store = self.services.store
+
+        async def timing(req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
+                         ) -> BoltResponse:
+            started = time.perf_counter()
+            body = req.body
+            kind = str(body.get("type") or ("command" if "command" in body else "other"))
+            if kind == "event_callback":
+                event_id = body.get("event_id")
+                if event_id:
+                    now = time.time()
+                    fresh = await store.write(lambda db: db.execute(
+                        "INSERT OR IGNORE INTO seen_events (id, at) VALUES (?, ?)", (event_id, now)).rowcount)
+                    if not fresh:  # a retry of an event we already have: ack, do nothing twice
+                        metrics.acks.labels(kind="event_retry").inc()
+                        return BoltResponse(status=200, body="")
+            result = await next()
+            metrics.acks.labels(kind=kind).inc()
+            metrics.ack_seconds.labels(kind=kind).observe(time.perf_counter() - started)
+            return result
+
+        app.middleware(timing)
+
+        @app.command(SLASH_COMMAND)
+        async def on_command(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+            inv = Invocation(
+                actor=str(body.get("user_id", "")), channel=str(body.get("channel_id", "")),
+                text=str(body.get("text", "")), source="slash", trigger_id=body.get("trigger_id"),
+                response_url=body.get("response_url"),
+            )
+            done, task = await self._within_deadline(self.router.command(inv, self.surface))
+            if done:
+                await ack(**rendering.reply(task.result()))
+                return
+            await ack(text="Working on it…", response_type="ephemeral")
+            url = inv.response_url
+
+            async def deliver(reply: v.Reply) -> None:
+                if url:
+                    await self.services.store.write(
+                        lambda db: self.services.outbox.respond_in(db, url, rendering.reply(reply)))
+                    self.services.outbox.kick()
+
+            self._later(task, deliver)
+
+        @app.action(re.compile(r".+"))
+        async def on_action(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+            action = (body.get("actions") or [{}])[0]
+            channel = _field(body, "channel", "id") or _field(body, "container", "channel_id") or ""
+            message = body.get("message") or {}
+            click = Click(
+                actor=str(_field(body, "user", "id") or ""), channel=str(channel),
+                action_id=str(action.get("action_id", "")),
+                value=str(action.get("value") or _field(action, "selected_option", "value") or ""),
+                message_ts=_field(body, "container", "message_ts"),
+                thread_ts=message.get("thread_ts"), trigger_id=body.get("trigger_id"),
+                response_url=body.get("response_url"),
+            )
+            done, task = await self._within_deadline(self.router.click(click, self.surface))
+            await ack()
+
+            async def deliver(reply: v.Reply | None) -> None:
+                if reply is not None:
+                    await self.services.outbox.ephemeral(click.channel or click.actor, click.actor,
+                                                         rendering.message(reply.message), click.thread_ts)
+                if _field(body, "container", "type") == "view" and _field(body, "view", "type") == "home":
+                    await self.publish_home(click.actor)
+
+            if done:
+                await deliver(task.result())
+            else:
+                self._later(task, deliver)
+
+        @app.view(re.compile(r".+"))
+        async def on_submit(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+            view = body.get("view") or {}
+            meta = str(view.get("private_metadata") or "")
+            actor = str(_field(body, "user", "id") or "")
+            try:
+                channel = str(json.loads(meta).get("channel") or actor) if meta.startswith("{") else actor
+            except json.JSONDecodeError:
+                channel = actor
+            sub = Submission(actor=actor, callback=str(view.get("callback_id", "")),
+                             values=submission_values(view), metadata=meta)
+            done, task = await self._within_deadline(self.router.submit(sub, self.surface, channel))
+            if done:
+                try:
+                    reply = task.result()
+                except SubmitErrors as err:
+                    await ack(response_action="errors", errors=err.errors)
+                    return
+                await ack()
+                if reply is not None:
+                    await self.services.outbox.ephemeral(channel, actor, rendering.message(reply.message))
+                return
+            await ack()
+
+            async def deliver(reply: v.Reply | None) -> None:
+                if reply is not None:
+                    await self.services.outbox.ephemeral(channel, actor, rendering.message(reply.message))
+
+            self._later(task, deliver)
+
+        for sc in self.router.shortcuts.values():
+            @app.shortcut(sc.callback)
+            async def on_shortcut(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+                # Ack first: the handler opens a form, and the trigger must be used within 3 seconds.
+                await ack()
+                msg = body.get("message") or {}
+                call = ShortcutCall(
+                    actor=str(_field(body, "user", "id") or ""), callback=str(body.get("callback_id", "")),
+                    channel=str(_field(body, "channel", "id") or ""),
+                    message_ts=str(msg.get("ts") or body.get("message_ts") or ""),
+                    message_text=str(msg.get("text") or ""), message_user=msg.get("user"),
+                    trigger_id=body.get("trigger_id"), response_url=body.get("response_url"),
+                )
+                reply = await self.router.shortcut(call, self.surface)
+                if reply is not None:
+                    await self.services.outbox.ephemeral(call.channel or call.actor, call.actor,
+                                                         rendering.message(reply.message))
+
+        @app.event("app_mention")
+        async def on_mention(event: dict[str, Any]) -> None:
+            text = _MENTION_PREFIX.sub("", str(event.get("text", "")), count=1)
+            channel = str(event.get("channel", ""))
+            thread = event.get("thread_ts") or event.get("ts")
+            inv = Invocation(actor=str(event.get("user", "")), channel=channel, text=text, source="mention",
+                             thread_ts=thread)
+            reply = await self.router.command(inv, self.surface)
+            await self.services.post(channel, reply.message, thread_ts=thread)
+
+        @app.event("app_home_opened")
+        async def on_home(event: dict[str, Any]) -> None:
+            if event.get("tab", "home") == "home":
+                await self.publish_home(str(event.get("user", "")))
+
+        @app.event("message")
+        async def on_message() -> None:
+            # Subscribed for DMs with the app; commands come through /ops and mentions.
+            return None
+
+    async def publish_home(self, user: str) -> None:
+        """Render the App Home of `user` and queue its publish."""
+        view = await self.router.home(user, self.surface)
+        await self.services.outbox.publish_home(user, rendering.home(view))
+
+
+def bolt_app(client: AsyncWebClient, signing_secret: str | None) -> AsyncApp:
+    """A Bolt AsyncApp with request verification on (it needs the signing secret in HTTP mode)."""
+    return AsyncApp(
+        client=client,
+        signing_secret=signing_secret or "socket-mode-has-no-signing-secret",
+        request_verification_enabled=True,
+        process_before_response=False,
+        raise_error_for_unhandled_request=False,
+    )

@@ -1,0 +1,335 @@
+"""SQLite through sqlite-utils: one writer thread with group commit, reader threads, migrations, WAL.
+
+Every write is a function run on the writer thread inside a savepoint; the writer drains whatever is
+queued and commits it as one transaction, then wakes all the callers. So a write is durable (against
+a crash of the process) when `await store.write(...)` returns, and a burst of writes costs one commit.
+Reads run on a small pool of read-only connections; in WAL mode they never wait for the writer.
+
+SQLite specifics stay in this module and in the table helpers of the modules that own the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from bot.errors import StartupError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Migrations("opsloop")
+
+
+@MIGRATIONS()
+def m001_core(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
+            requester TEXT, channel TEXT, thread_ts TEXT, payload TEXT NOT NULL DEFAULT '{}',
+            error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX jobs_state ON jobs(state)")
+    db.execute(
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY, op TEXT NOT NULL, channel TEXT NOT NULL, ref_key TEXT,
+            thread_key TEXT, thread_ts TEXT, user TEXT, payload TEXT NOT NULL,
+            dedupe_key TEXT UNIQUE, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL, created_at REAL NOT NULL, started_at REAL, sent_at REAL,
+            error TEXT)"""
+    )
+    db.execute("CREATE INDEX outbox_pending ON outbox(state, channel, id)")
+    db.execute("CREATE INDEX outbox_ref ON outbox(ref_key, state)")
+    db.execute(
+        """CREATE TABLE message_refs (
+            key TEXT PRIMARY KEY, channel TEXT NOT NULL, ts TEXT NOT NULL, created_at REAL NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, channel TEXT,
+            action TEXT NOT NULL, target TEXT, outcome TEXT NOT NULL, reason TEXT,
+            detail TEXT NOT NULL DEFAULT '{}', prev_hash TEXT NOT NULL, hash TEXT NOT NULL)"""
+    )
+    db.execute("CREATE TABLE audit_head (one INTEGER PRIMARY KEY CHECK (one = 1), id INTEGER, hash TEXT)")
+    db.execute(
+        """CREATE TABLE approvals (
+            id TEXT PRIMARY KEY, policy_key TEXT NOT NULL, subject TEXT NOT NULL,
+            fingerprint TEXT NOT NULL, summary TEXT NOT NULL, requester TEXT NOT NULL,
+            state TEXT NOT NULL, required INTEGER NOT NULL, role TEXT NOT NULL,
+            self_approval INTEGER NOT NULL DEFAULT 0, expires_at REAL NOT NULL,
+            created_at REAL NOT NULL, decided_at REAL, decided_reason TEXT,
+            channel TEXT, thread_ts TEXT, action TEXT NOT NULL DEFAULT '{}')"""
+    )
+    # One open request per subject: a second `plan done` joins the first instead of racing it.
+    db.execute(
+        "CREATE UNIQUE INDEX approvals_one_pending ON approvals(subject) WHERE state = 'pending'"
+    )
+    db.execute(
+        """CREATE TABLE approval_votes (
+            approval_id TEXT NOT NULL REFERENCES approvals(id), user TEXT NOT NULL,
+            vote TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (approval_id, user))"""
+    )
+    # The executed approval: a primary key, so a double click cannot run the action twice.
+    db.execute(
+        """CREATE TABLE approval_executions (
+            approval_id TEXT PRIMARY KEY REFERENCES approvals(id), job_id INTEGER, at REAL NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE plan_items (
+            id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, title TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '', status TEXT NOT NULL, reporter TEXT NOT NULL,
+            assignee TEXT, critical INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+            closed_at REAL, closed_by TEXT)"""
+    )
+    db.execute(
+        """CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY, text TEXT NOT NULL, author TEXT NOT NULL, channel TEXT,
+            message_ts TEXT, source TEXT NOT NULL, created_at REAL NOT NULL, plan_key TEXT)"""
+    )
+    db.execute("CREATE TABLE seen_events (id TEXT PRIMARY KEY, at REAL NOT NULL)")
+    db.execute(
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, service TEXT, env TEXT,
+            ref TEXT, actor TEXT, detail TEXT NOT NULL DEFAULT '{}')"""
+    )
+    db.execute("CREATE INDEX events_kind ON events(kind, service, at)")
+
+
+class _Item:
+    __slots__ = ("fn", "fut", "loop")
+
+    def __init__(self, fn: Callable[[Database], Any], fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop):
+        self.fn, self.fut, self.loop = fn, fut, loop
+
+
+_STOP = object()
+
+
+def _connect(path: str, *, readonly: bool = False, busy_timeout: float = 5.0) -> sqlite3.Connection:
+    if readonly and path != ":memory:":
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False,
+            timeout=busy_timeout,
+        )
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a commit survives a crash of the process (not of the machine), which is
+        # the failure we promise to survive, at a fraction of FULL's fsync cost.
+        conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _explain(path: str, err: sqlite3.Error) -> StartupError:
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return StartupError(
+            f"The database {path} is locked by another process (is another opsloop running on it?)."
+        )
+    if "readonly" in text or "unable to open" in text or "permission" in text.lower():
+        return StartupError(
+            f"Cannot write the database {path}: {text}. Point OPSLOOP_DB or storage.path at a writable file."
+        )
+    if "not a database" in text or "malformed" in text:
+        return StartupError(f"{path} is not an opsloop database ({text}); move it away or set OPSLOOP_DB.")
+    return StartupError(f"Cannot open the database {path}: {text}.")
+
+
+class Store:
+    """The SQLite store; see the module docstring."""
+
+    def __init__(self, path: str | Path, *, readers: int = 2, batch_max: int = 512) -> None:
+        self.path = str(path)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._batch_max = batch_max
+        self._memory = self.path == ":memory:"
+        self._readers = None if self._memory else ThreadPoolExecutor(readers, thread_name_prefix="store-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.commits = 0
+
+    # --- lifecycle
+
+    async def open(self) -> None:
+        """Open the file, apply migrations and start the writer; raise StartupError if it can't."""
+        if not self._memory:
+            parent = Path(self.path).parent
+            if not parent.exists():
+                raise StartupError(
+                    f"Cannot create the database {self.path}: the directory {parent} does not exist."
+                )
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writer = threading.Thread(
+            target=self._run_writer, args=(ready, asyncio.get_running_loop()), name="store-writer", daemon=True
+        )
+        self._writer.start()
+        await ready
+
+    async def close(self) -> None:
+        """Finish queued writes, then stop the writer and close every connection."""
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        with self._lock:
+            for c in self._reader_conns:
+                c.close()
+            self._reader_conns.clear()
+
+    # --- API
+
+    async def write(self, fn: Callable[[Database], T]) -> T:
+        """Run `fn(db)` on the writer thread; return once its transaction is committed."""
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Item(fn, fut, loop))
+        return await fut
+
+    async def read(self, fn: Callable[[Database], T]) -> T:
+        """Run `fn(db)` on a read-only connection (sees every committed write)."""
+        if self._readers is None:
+            return await self.write(fn)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_in_thread, fn)
+
+    # --- threads
+
+    def _read_in_thread(self, fn: Callable[[Database], T]) -> T:
+        db: Database | None = getattr(self._local, "db", None)
+        if db is None:
+            conn = _connect(self.path, readonly=True)
+            with self._lock:
+                self._reader_conns.append(conn)
+            db = Database(conn, execute_plugins=False)
+            self._local.db = db
+        return fn(db)
+
+    def _run_writer(self, ready: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            conn = _connect(self.path)
+            db = Database(conn, execute_plugins=False)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("COMMIT")
+            MIGRATIONS.apply(db)
+        except sqlite3.Error as err:
+            exc = _explain(self.path, err)
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            self._writer_loop(conn, db)
+        finally:
+            conn.close()
+
+    def _writer_loop(self, conn: sqlite3.Connection, db: Database) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Item] = [first]
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            outcomes = self._commit_batch(conn, db, batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+            for item, (res, exc) in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(item.loop, []).append((item.fut, res, exc))
+            for lp, settled in by_loop.items():
+                try:
+                    lp.call_soon_threadsafe(_settle_many, settled)
+                except RuntimeError:  # that loop is closed; nobody is waiting any more
+                    pass
+
+    def _commit_batch(
+        self, conn: sqlite3.Connection, db: Database, batch: list[_Item]
+    ) -> list[tuple[Any, BaseException | None]]:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            return [(None, err)] * len(batch)
+        for i, item in enumerate(batch):
+            sp = f"w{i}"
+            conn.execute(f"SAVEPOINT {sp}")
+            try:
+                result = item.fn(db)
+            except BaseException as exc:  # the caller gets it; the batch goes on
+                if conn.in_transaction:
+                    conn.execute(f"ROLLBACK TO {sp}")
+                    conn.execute(f"RELEASE {sp}")
+                else:
+                    # The error took the whole transaction with it: the earlier writes of this batch
+                    # are gone too, so their callers must hear it rather than believe them committed.
+                    lost = sqlite3.OperationalError("write aborted with its batch; please retry")
+                    outcomes = [(None, lost)] * len(outcomes)
+                    conn.execute("BEGIN IMMEDIATE")
+                outcomes.append((None, exc))
+            else:
+                conn.execute(f"RELEASE {sp}")
+                outcomes.append((result, None))
+        try:
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as err:
+            log.error("store commit failed: %s", err)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(None, err)] * len(batch)
+        return outcomes
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _settle_many(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, res, exc in settled:
+        _settle(fut, res, exc)
+
+
+def rows(db: Database, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+    """All rows of a query as dicts."""
+    cur = db.execute(sql, params)
+    cols = [c[0] for c in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def one(db: Database, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> dict[str, Any] | None:
+    """The first row of a query as a dict, or None."""
+    cur = db.execute(sql, params)
+    r = cur.fetchone()
+    if r is None:
+        return None
+    return dict(zip([c[0] for c in cur.description], r, strict=True))

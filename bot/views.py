@@ -1,0 +1,156 @@
+"""Neutral view models that handlers return; `rendering` turns them into Block Kit, `console` into text.
+
+Text uses Slack's mrkdwn conventions (`*bold*`, `_italic_`, `` `code` ``, `<@U123>` mentions), the
+common ground of both surfaces. Nothing here knows a length limit: rendering truncates.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Style(enum.StrEnum):
+    DEFAULT = ""
+    PRIMARY = "primary"
+    DANGER = "danger"
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """An "are you sure" dialog shown before a button's click is sent."""
+
+    title: str
+    text: str
+    confirm: str = "Yes"
+    deny: str = "Cancel"
+
+
+@dataclass(frozen=True)
+class Button:
+    """A button; `action` is a `stage.verb` id and `value` the typed reference it acts on."""
+
+    label: str
+    action: str
+    value: str = ""
+    style: Style = Style.DEFAULT
+    confirm: Confirm | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Header:
+    text: str
+
+
+@dataclass(frozen=True)
+class Section:
+    text: str = ""
+    fields: tuple[tuple[str, str], ...] = ()
+    button: Button | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Divider:
+    pass
+
+
+@dataclass(frozen=True)
+class Actions:
+    buttons: tuple[Button, ...]
+
+
+@dataclass(frozen=True)
+class Code:
+    """Preformatted text (logs, tables)."""
+
+    text: str
+
+
+Block = Header | Section | Context | Divider | Actions | Code
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message: `text` is the notification/fallback line, `blocks` the body."""
+
+    text: str
+    blocks: tuple[Block, ...] = ()
+
+
+class Visibility(enum.StrEnum):
+    EPHEMERAL = "ephemeral"
+    IN_CHANNEL = "in_channel"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a command answers to the person who typed it."""
+
+    message: Message
+    visibility: Visibility = Visibility.EPHEMERAL
+
+    @classmethod
+    def text(cls, text: str, *, public: bool = False) -> Reply:
+        """A one-section reply."""
+        vis = Visibility.IN_CHANNEL if public else Visibility.EPHEMERAL
+        return cls(Message(text, (Section(text),)), vis)
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """One field of a modal; `name` is its block and action id."""
+
+    name: str
+    label: str
+    multiline: bool = False
+    initial: str = ""
+    optional: bool = False
+    placeholder: str = ""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A single choice among options, shown as radio buttons in Slack."""
+
+    name: str
+    label: str
+    options: tuple[tuple[str, str], ...]  # (value, label)
+    initial: str | None = None
+
+
+Input = TextInput | Choice
+
+
+@dataclass(frozen=True)
+class Modal:
+    """A form; submitting it calls the submit handler registered for `callback`."""
+
+    title: str
+    callback: str
+    inputs: tuple[Input, ...]
+    submit: str = "Submit"
+    intro: str = ""
+    metadata: str = ""
+
+
+@dataclass(frozen=True)
+class HomeView:
+    """The App Home tab of one user."""
+
+    blocks: tuple[Block, ...] = field(default_factory=tuple)
+
+
+def esc(text: str) -> str:
+    """Escape user-supplied text for mrkdwn, so `<!channel>` or `<@U1>` typed by someone stays text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def unesc(text: str) -> str:
+    """Undo `esc` (for surfaces that show plain text)."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")

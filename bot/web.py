@@ -1,0 +1,127 @@
+"""aiohttp routes: /slack/events (Bolt), /hooks/* (webhooks), /healthz, /metrics.
+
+Webhook plumbing is shared by every source: a bearer token (`OPSLOOP_WEBHOOK_TOKEN`; sources that
+cannot set headers, like Splunk, may pass `?token=`), a 1 MiB body limit (413), a JSON body or a 400
+that says what is wrong, and handlers that store everything in one transaction or nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+
+from bot.context import Services
+from bot.router import Router
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+QUERY_TOKEN_SOURCES = frozenset({"splunk"})
+
+
+class HookRejected(Exception):
+    """A webhook body that parsed but is not acceptable; `status` and the message go to the caller."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _text(status: int, message: str) -> web.Response:
+    return web.json_response({"ok": status < 400, "message": message}, status=status)
+
+
+def build_web_app(
+    router: Router,
+    services: Services,
+    *,
+    webhook_token: str | None,
+    bolt: AsyncApp | None = None,
+    health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> web.Application:
+    """The HTTP side of opsloop."""
+    app = web.Application(client_max_size=MAX_BODY)
+    metrics = services.metrics
+
+    if bolt is not None:
+        async def slack_events(request: web.Request) -> web.Response:
+            bolt_req = await to_bolt_request(request)
+            return await to_aiohttp_response(await bolt.async_dispatch(bolt_req))
+
+        app.router.add_post("/slack/events", slack_events)
+
+    async def hook(request: web.Request) -> web.Response:
+        source = request.match_info["source"]
+        spec = router.hooks.get(source)
+        if spec is None:
+            known = ", ".join(sorted(router.hooks)) or "none yet"
+            metrics.hooks.labels(source="unknown", status="404").inc()
+            return _text(404, f"no webhook source `{source}` (known: {known})")
+        if not webhook_token:
+            metrics.hooks.labels(source=source, status="503").inc()
+            return _text(503, "webhooks are off: set OPSLOOP_WEBHOOK_TOKEN and send it as `Authorization: Bearer …`")
+        given = ""
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        elif source in QUERY_TOKEN_SOURCES:
+            given = request.query.get("token", "")
+        if not given or not hmac.compare_digest(given.encode(), webhook_token.encode()):
+            metrics.hooks.labels(source=source, status="401").inc()
+            return _text(401, "missing or wrong token: send `Authorization: Bearer <OPSLOOP_WEBHOOK_TOKEN>`")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            metrics.hooks.labels(source=source, status="413").inc()
+            return _text(413, f"body of {request.content_length} bytes is over the {MAX_BODY} byte limit")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            metrics.hooks.labels(source=source, status="413").inc()
+            return _text(413, f"body is over the {MAX_BODY} byte limit")
+        try:
+            payload = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            metrics.hooks.labels(source=source, status="400").inc()
+            return _text(400, f"body is not JSON: {err}")
+        try:
+            result = await spec.handler(services, payload)
+        except HookRejected as err:
+            metrics.hooks.labels(source=source, status=str(err.status)).inc()
+            return _text(err.status, str(err))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(body)"
+            metrics.hooks.labels(source=source, status="400").inc()
+            return _text(400, f"{source} payload not understood at {where}: {first['msg']}")
+        except Exception:
+            log.exception("webhook %s failed", source)
+            metrics.hooks.labels(source=source, status="500").inc()
+            return _text(500, "opsloop failed to handle this webhook; nothing was stored; see its log")
+        metrics.hooks.labels(source=source, status=str(result.status)).inc()
+        return _text(result.status, result.text)
+
+    app.router.add_post("/hooks/{source}", hook)
+
+    async def healthz(request: web.Request) -> web.Response:
+        info: dict[str, Any] = {"status": "ok"}
+        if health is not None:
+            try:
+                info.update(await health())
+            except Exception as err:  # report, don't raise: this is what the probe is for
+                info = {"status": "failing", "error": f"{type(err).__name__}: {err}"}
+        return web.json_response(info, status=200 if info.get("status") == "ok" else 503)
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        await services.outbox.depth()
+        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    return app

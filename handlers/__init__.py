@@ -1,0 +1,1 @@
+"""Handlers: one CommandGroup per stage; they see `bot.*` ports and services, never adapters."""

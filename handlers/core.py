@@ -1,0 +1,83 @@
+"""Core commands: help (generated from the handlers' docstrings), whoami, and the approval buttons."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from bot import commands as c
+from bot import views as v
+from bot.context import Ctx
+from bot.errors import UsageError
+from bot.router import CommandGroup
+
+group = CommandGroup("core", "Help, who you are, approvals.")
+
+
+@group.command("help", c.word("topic", optional=True, metavar="STAGE"), id="core.help",
+               examples=("help", "help plan"))
+async def help_(ctx: Ctx, topic: str | None) -> v.Reply:
+    """List what I can do; `help STAGE` shows one stage in detail."""
+    groups = [g for g in ctx.router.groups if any(not s.hidden for s in g.commands)]
+    if topic is None:
+        blocks: list[v.Block] = [v.Header("opsloop commands"),
+                                 v.Context(("Type `/ops COMMAND` or mention me. `help STAGE` for details.",))]
+        for g in groups:
+            lines = [f"`{s.usage()}` — {s.summary}" for s in g.commands if not s.hidden]
+            blocks.append(v.Section(f"*{g.stage}* — {g.doc}\n" + "\n".join(lines)))
+        return v.Reply(v.Message("opsloop commands", tuple(blocks)))
+    t = topic.lower()
+    chosen = next((g for g in groups if g.stage == t), None)
+    if chosen is None:
+        chosen = next((g for g in groups if any(s.words[0] == t for s in g.commands)), None)
+    if chosen is None:
+        stages = ", ".join(g.stage for g in groups)
+        raise UsageError(f"There is no stage `{topic}`. Stages: {stages}.")
+    blocks = [v.Header(f"{chosen.stage}: {chosen.doc}")]
+    for s in chosen.commands:
+        if s.hidden:
+            continue
+        body = f"*`{s.usage()}`*\n{s.summary}"
+        if s.details:
+            body += f"\n{s.details}"
+        if s.examples:
+            body += "\n_Examples:_ " + ", ".join(f"`{e}`" for e in s.examples)
+        blocks.append(v.Section(body))
+    return v.Reply(v.Message(f"help: {chosen.stage}", tuple(blocks)))
+
+
+@group.command("whoami", id="core.whoami")
+async def whoami(ctx: Ctx) -> v.Reply:
+    """Show your user id, your roles and what you may approve."""
+    roles = sorted(await ctx.policy.roles_of(ctx.actor))
+    approvable = sorted(k for k, rule in ctx.config.approvals.items() if rule.from_ in roles)
+    person = await ctx.directory.person(ctx.actor)
+    fields = (
+        ("User", f"<@{ctx.actor}> (`{ctx.actor}`)"),
+        ("Name", v.esc(person.name)),
+        ("Roles", ", ".join(f"`{r}`" for r in roles) or "none (everyone's commands only)"),
+        ("May approve", ", ".join(f"`{k}`" for k in approvable) or "nothing"),
+    )
+    return v.Reply(v.Message(f"You are {person.name}", (v.Section(fields=fields),)))
+
+
+class ApprovalRef(BaseModel):
+    """The value of an Approve/Reject button."""
+
+    id: str
+
+
+async def _vote(ctx: Ctx, ref: ApprovalRef, decision: str) -> v.Reply:
+    result = await ctx.approvals.vote(ref.id, ctx.actor, decision, channel=ctx.channel)
+    return v.Reply.text(result.message)
+
+
+@group.action("approval.approve", value=ApprovalRef)
+async def approve(ctx: Ctx, ref: ApprovalRef) -> v.Reply:
+    """Approve a request (who may is decided by the request's rule)."""
+    return await _vote(ctx, ref, "approve")
+
+
+@group.action("approval.reject", value=ApprovalRef)
+async def reject(ctx: Ctx, ref: ApprovalRef) -> v.Reply:
+    """Reject a request."""
+    return await _vote(ctx, ref, "reject")
