@@ -12,11 +12,16 @@ from bot.ports import AdapterNotFound, ItemStatus, ListFilter, NewItem, PlanItem
 
 def _item(r: dict[str, Any]) -> PlanItem:
     return PlanItem(
-        key=r["key"], title=r["title"], status=ItemStatus(r["status"]), reporter=r["reporter"],
-        assignee=r["assignee"], critical=bool(r["critical"]),
+        key=r["key"],
+        title=r["title"],
+        status=ItemStatus(r["status"]),
+        reporter=r["reporter"],
+        assignee=r["assignee"],
+        critical=bool(r["critical"]),
         created_at=datetime.fromtimestamp(r["created_at"], tz=UTC),
         closed_at=datetime.fromtimestamp(r["closed_at"], tz=UTC) if r["closed_at"] else None,
-        closed_by=r["closed_by"], tracker="local",
+        closed_by=r["closed_by"],
+        tracker="local",
     )
 
 
@@ -65,6 +70,7 @@ class LocalTracker:
 
     async def list(self, which: ListFilter, user: str, limit: int = 20) -> Sequence[PlanItem]:
         """Open items, the user's open items, or all items; newest first."""
+        params: tuple[Any, ...]
         if which is ListFilter.MINE:
             sql, params = "SELECT * FROM plan_items WHERE status = 'open' AND assignee = ?", (user,)
         elif which is ListFilter.OPEN:

@@ -78,8 +78,11 @@ class _JobNotices:
 
     async def job_interrupted(self, job: Job) -> None:
         who = f" <@{job.requester}>" if job.requester else ""
-        await self._say(job, f":warning:{who} `{job.kind}` for `{job.key}` was interrupted by a restart of "
-                             "opsloop and did not finish; run it again if it is still needed.")
+        await self._say(
+            job,
+            f":warning:{who} `{job.kind}` for `{job.key}` was interrupted by a restart of "
+            "opsloop and did not finish; run it again if it is still needed.",
+        )
 
 
 @dataclass
@@ -119,8 +122,9 @@ class Opsloop:
 
     async def serve_http(self, host: str, port: int, bolt: Any = None) -> int:
         """Start the web server; return the bound port (port 0 picks a free one)."""
-        app = build_web_app(self.router, self.services, webhook_token=self.env.webhook_token, bolt=bolt,
-                            health=self.health)
+        app = build_web_app(
+            self.router, self.services, webhook_token=self.env.webhook_token, bolt=bolt, health=self.health
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -167,8 +171,18 @@ async def build(
     approvals = Approvals(store, config, policy, jobs, outbox, audit, clock)
     trackers: dict[str, Tracker] = {"local": LocalTracker(store, config.plan.prefix, clock.now)}
     services = Services(
-        config=config, store=store, clock=clock, audit=audit, outbox=outbox, jobs=jobs, policy=policy,
-        approvals=approvals, directory=directory, metrics=metrics, redactor=redactor, trackers=trackers,
+        config=config,
+        store=store,
+        clock=clock,
+        audit=audit,
+        outbox=outbox,
+        jobs=jobs,
+        policy=policy,
+        approvals=approvals,
+        directory=directory,
+        metrics=metrics,
+        redactor=redactor,
+        trackers=trackers,
     )
     ref.append(services)
     router = Router(groups, services)
@@ -182,16 +196,18 @@ async def build_slack(config: Config, env: Env, **kw: Any) -> tuple[Opsloop, Any
     assert env.bot_token is not None
     client = web_client(env.bot_token, env.api_url)
     directory = SlackDirectory(client, group_ttl=config.slack.group_cache.total_seconds())
-    ops = await build(config, env, transport=SlackTransport(client), directory=directory,
-                      surface=SlackSurface(client), **kw)
+    ops = await build(
+        config, env, transport=SlackTransport(client), directory=directory, surface=SlackSurface(client), **kw
+    )
     bolt = bolt_app(client, env.signing_secret)
     frontend = SlackFrontend(ops.router, ops.services, client)
     frontend.register(bolt)
     return ops, bolt, frontend
 
 
-async def build_console(config: Config, env: Env, out: Console | None = None, **kw: Any
-                        ) -> tuple[Opsloop, ConsoleSession]:
+async def build_console(
+    config: Config, env: Env, out: Console | None = None, **kw: Any
+) -> tuple[Opsloop, ConsoleSession]:
     """opsloop for the terminal: returns (opsloop, session)."""
     directory = ConsoleDirectory(config)
     screen = ConsoleScreen(out or Console(), directory)

@@ -115,11 +115,24 @@ def _load(db: Database, approval_id: str) -> Approval | None:
         for x in rows(db, "SELECT * FROM approval_votes WHERE approval_id = ? ORDER BY at, user", (approval_id,))
     )
     return Approval(
-        id=r["id"], policy_key=r["policy_key"], subject=r["subject"], fingerprint=r["fingerprint"],
-        summary=r["summary"], requester=r["requester"], state=ApprovalState(r["state"]), required=r["required"],
-        role=r["role"], self_approval=bool(r["self_approval"]), expires_at=r["expires_at"],
-        created_at=r["created_at"], decided_at=r["decided_at"], decided_reason=r["decided_reason"],
-        channel=r["channel"], thread_ts=r["thread_ts"], action=json.loads(r["action"]), votes=votes,
+        id=r["id"],
+        policy_key=r["policy_key"],
+        subject=r["subject"],
+        fingerprint=r["fingerprint"],
+        summary=r["summary"],
+        requester=r["requester"],
+        state=ApprovalState(r["state"]),
+        required=r["required"],
+        role=r["role"],
+        self_approval=bool(r["self_approval"]),
+        expires_at=r["expires_at"],
+        created_at=r["created_at"],
+        decided_at=r["decided_at"],
+        decided_reason=r["decided_reason"],
+        channel=r["channel"],
+        thread_ts=r["thread_ts"],
+        action=json.loads(r["action"]),
+        votes=votes,
     )
 
 
@@ -152,7 +165,10 @@ def card(a: Approval, now: float) -> v.Message:
                 (
                     v.Button("Approve", "approval.approve", json.dumps({"id": a.id}), v.Style.PRIMARY),
                     v.Button(
-                        "Reject", "approval.reject", json.dumps({"id": a.id}), v.Style.DANGER,
+                        "Reject",
+                        "approval.reject",
+                        json.dumps({"id": a.id}),
+                        v.Style.DANGER,
                         confirm=v.Confirm("Reject?", f"Reject this request by <@{a.requester}>?", "Reject"),
                     ),
                 )
@@ -173,8 +189,14 @@ class Approvals:
     """See the module docstring."""
 
     def __init__(
-        self, store: SqlStore, config: Config, policy: Policy, jobs: JobRunner, outbox: Outbox,
-        audit: AuditLog, clock: Clock,
+        self,
+        store: SqlStore,
+        config: Config,
+        policy: Policy,
+        jobs: JobRunner,
+        outbox: Outbox,
+        audit: AuditLog,
+        clock: Clock,
     ) -> None:
         self._store = store
         self._config = config
@@ -203,8 +225,15 @@ class Approvals:
         return a
 
     async def request(
-        self, policy_key: str, subject: Subject, *, requester: str, channel: str, rule: ApprovalRule | None = None,
-        thread_ts: str | None = None, action: Mapping[str, Any] | None = None,
+        self,
+        policy_key: str,
+        subject: Subject,
+        *,
+        requester: str,
+        channel: str,
+        rule: ApprovalRule | None = None,
+        thread_ts: str | None = None,
+        action: Mapping[str, Any] | None = None,
     ) -> tuple[Approval, bool]:
         """Open a request and post its card; return (request, created). A pending request for the same
         subject and fingerprint is returned instead; one with another fingerprint is voided first."""
@@ -216,8 +245,9 @@ class Approvals:
         now = self._clock.now()
 
         def tx(db: Database) -> tuple[Approval, bool]:
-            existing = one(db, "SELECT id, fingerprint FROM approvals WHERE subject = ? AND state = 'pending'",
-                           (subject.key,))
+            existing = one(
+                db, "SELECT id, fingerprint FROM approvals WHERE subject = ? AND state = 'pending'", (subject.key,)
+            )
             if existing and existing["fingerprint"] == subject.fingerprint and existing["id"]:
                 a = _load(db, existing["id"])
                 if a is not None and a.expires_at > now:
@@ -229,18 +259,45 @@ class Approvals:
                 "INSERT INTO approvals (id, policy_key, subject, fingerprint, summary, requester, state, required,"
                 " role, self_approval, expires_at, created_at, channel, thread_ts, action)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (approval_id, policy_key, subject.key, subject.fingerprint, subject.summary, requester,
-                 rule.required, rule.from_, int(rule.self_approval), now + rule.expire_after.total_seconds(), now,
-                 channel, thread_ts, json.dumps(dict(action or {}))),
+                (
+                    approval_id,
+                    policy_key,
+                    subject.key,
+                    subject.fingerprint,
+                    subject.summary,
+                    requester,
+                    rule.required,
+                    rule.from_,
+                    int(rule.self_approval),
+                    now + rule.expire_after.total_seconds(),
+                    now,
+                    channel,
+                    thread_ts,
+                    json.dumps(dict(action or {})),
+                ),
             )
-            self._audit.append_in(db, AuditEntry(
-                requester, policy_key, Outcome.REQUESTED, channel, subject.key,
-                f"needs {rule.required} approval(s) from {rule.from_}", {"approval": approval_id},
-            ))
+            self._audit.append_in(
+                db,
+                AuditEntry(
+                    requester,
+                    policy_key,
+                    Outcome.REQUESTED,
+                    channel,
+                    subject.key,
+                    f"needs {rule.required} approval(s) from {rule.from_}",
+                    {"approval": approval_id},
+                ),
+            )
             a = _load(db, approval_id)
             assert a is not None
-            self._outbox.post_in(db, channel, rendering.message(card(a, now)), key=a.card_key,
-                                 thread_ts=thread_ts, dedupe=f"post:{a.card_key}")
+            self._outbox.post_in(
+                db,
+                channel,
+                rendering.message(card(a, now)),
+                key=a.card_key,
+                thread_ts=thread_ts,
+                dedupe=f"post:{a.card_key}",
+            )
             return a, True
 
         result = await self._store.write(tx)
@@ -268,15 +325,17 @@ class Approvals:
         a = await self.get(approval_id)
         now = self._clock.now()
         if a.state is not ApprovalState.PENDING:
-            raise Conflict(f"This request is already {a.state.value}" +
-                           (f" ({a.decided_reason})." if a.decided_reason else "."))
+            raise Conflict(
+                f"This request is already {a.state.value}" + (f" ({a.decided_reason})." if a.decided_reason else ".")
+            )
         if now >= a.expires_at:
             await self._store.write(lambda db: self._close_in(db, a.id, ApprovalState.EXPIRED, "expired", now))
             self._outbox.kick()
             raise Conflict(f"This request expired at {iso(a.expires_at)}; ask again.")
         if user == a.requester and not a.self_approval:
-            raise NotAllowed("You asked for this, so your vote doesn't count; "
-                             f"someone else from `{a.role}` has to decide.")
+            raise NotAllowed(
+                f"You asked for this, so your vote doesn't count; someone else from `{a.role}` has to decide."
+            )
         if not await self._policy.in_role(user, a.role):
             raise NotAllowed(f"Only members of `{a.role}` can decide on this request, and you are not one.")
         kind = self._kinds.get(a.policy_key)
@@ -294,8 +353,10 @@ class Approvals:
 
         def tx(db: Database) -> tuple[Approval, str, int | None]:
             try:
-                db.execute("INSERT INTO approval_votes (approval_id, user, vote, at) VALUES (?, ?, ?, ?)",
-                           (a.id, user, decision, now))
+                db.execute(
+                    "INSERT INTO approval_votes (approval_id, user, vote, at) VALUES (?, ?, ?, ?)",
+                    (a.id, user, decision, now),
+                )
             except sqlite3.IntegrityError:
                 raise Conflict("You already voted on this request.") from None
             fresh = _load(db, a.id)
@@ -316,8 +377,13 @@ class Approvals:
                     raise Conflict("This request was already carried out.") from None
                 if kind is not None:
                     job_id = self._jobs.enqueue_in(
-                        db, kind.job_kind, a.subject, {**a.action, "approval": a.id},
-                        requester=a.requester, channel=a.channel, thread_ts=a.thread_ts,
+                        db,
+                        kind.job_kind,
+                        a.subject,
+                        {**a.action, "approval": a.id},
+                        requester=a.requester,
+                        channel=a.channel,
+                        thread_ts=a.thread_ts,
                     )
                     db.execute("UPDATE approval_executions SET job_id = ? WHERE approval_id = ?", (job_id, a.id))
                 msg = "Approved; carrying it out now."
@@ -326,10 +392,18 @@ class Approvals:
                 self._outbox.update_in(db, fresh.card_key, rendering.message(card(fresh, now)))
                 msg = f"Your approval is recorded; {left} more needed."
                 outcome = Outcome.APPROVED
-            self._audit.append_in(db, AuditEntry(
-                user, f"approval.{decision}", outcome, channel, a.subject, msg,
-                {"approval": a.id, "policy_key": a.policy_key},
-            ))
+            self._audit.append_in(
+                db,
+                AuditEntry(
+                    user,
+                    f"approval.{decision}",
+                    outcome,
+                    channel,
+                    a.subject,
+                    msg,
+                    {"approval": a.id, "policy_key": a.policy_key},
+                ),
+            )
             final = _load(db, a.id)
             assert final is not None
             return final, msg, job_id
@@ -351,10 +425,18 @@ class Approvals:
                 if self._close_in(db, r["id"], ApprovalState.EXPIRED, "expired", now):
                     a = _load(db, r["id"])
                     if a is not None:
-                        self._audit.append_in(db, AuditEntry(
-                            "opsloop", a.policy_key, Outcome.EXPIRED, a.channel, a.subject, "no quorum in time",
-                            {"approval": a.id},
-                        ))
+                        self._audit.append_in(
+                            db,
+                            AuditEntry(
+                                "opsloop",
+                                a.policy_key,
+                                Outcome.EXPIRED,
+                                a.channel,
+                                a.subject,
+                                "no quorum in time",
+                                {"approval": a.id},
+                            ),
+                        )
                         out.append(a)
             return out
 

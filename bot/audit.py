@@ -125,8 +125,15 @@ class AuditLog:
 
         return [
             AuditRow(
-                id=r["id"], at=r["at"], actor=r["actor"], channel=r["channel"], action=r["action"],
-                target=r["target"], outcome=r["outcome"], reason=r["reason"], detail=json.loads(r["detail"]),
+                id=r["id"],
+                at=r["at"],
+                actor=r["actor"],
+                channel=r["channel"],
+                action=r["action"],
+                target=r["target"],
+                outcome=r["outcome"],
+                reason=r["reason"],
+                detail=json.loads(r["detail"]),
             )
             for r in await self._store.read(q)
         ]
@@ -142,8 +149,7 @@ def verify_chain(db: Database) -> Verification:
     last_id = 0
     checked = 0
     cur = db.execute(
-        "SELECT id, at, actor, channel, action, target, outcome, reason, detail, prev_hash, hash"
-        " FROM audit ORDER BY id"
+        "SELECT id, at, actor, channel, action, target, outcome, reason, detail, prev_hash, hash FROM audit ORDER BY id"
     )
     cols = [c[0] for c in cur.description]
     for raw in cur:
@@ -155,7 +161,9 @@ def verify_chain(db: Database) -> Verification:
             )
         if r["prev_hash"] != expected_prev:
             return Verification(
-                False, checked, r["id"],
+                False,
+                checked,
+                r["id"],
                 f"row {r['id']} does not link to row {last_id}: row {last_id} was changed or replaced",
             )
         if _digest(r["prev_hash"], _fields(r)) != r["hash"]:
@@ -165,7 +173,9 @@ def verify_chain(db: Database) -> Verification:
     head_id, head_hash = (head["id"], head["hash"]) if head else (0, GENESIS)
     if head_id != last_id or head_hash != expected_prev:
         return Verification(
-            False, checked, last_id + 1 if head_id > last_id else head_id,
+            False,
+            checked,
+            last_id + 1 if head_id > last_id else head_id,
             f"the log ends at row {last_id} but its head says row {head_id}: rows were removed from the end"
             if head_id > last_id
             else f"the head says row {head_id} but the log goes on to row {last_id}: rows were added out of band",

@@ -23,8 +23,7 @@ TOKEN_HELP = {
     "https://api.slack.com/apps, install it, then copy it from OAuth & Permissions",
     "SLACK_SIGNING_SECRET": "the Signing Secret from Basic Information → App Credentials of your Slack app "
     "(needed in HTTP mode; set SLACK_APP_TOKEN instead to use Socket Mode)",
-    "SLACK_APP_TOKEN": "an app-level token (xapp-…) with connections:write from Basic Information → "
-    "App-Level Tokens",
+    "SLACK_APP_TOKEN": "an app-level token (xapp-…) with connections:write from Basic Information → App-Level Tokens",
 }
 
 
@@ -33,8 +32,10 @@ class _KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage().replace('"', "'")
-        line = (f'ts={self.formatTime(record, "%Y-%m-%dT%H:%M:%S")} level={record.levelname.lower()} '
-                f'logger={record.name} msg="{msg}"')
+        line = (
+            f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} "
+            f'logger={record.name} msg="{msg}"'
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -83,12 +84,14 @@ async def _run(config: Config, env: Env) -> int:
         except SlackApiError as err:
             code = err.response.get("error") if err.response is not None else "error"
             if code in ("invalid_auth", "not_authed", "account_inactive", "token_revoked"):
-                raise StartupError(f"Slack rejected SLACK_BOT_TOKEN ({code}); it is {TOKEN_HELP['SLACK_BOT_TOKEN']}."
-                                   ) from None
+                raise StartupError(
+                    f"Slack rejected SLACK_BOT_TOKEN ({code}); it is {TOKEN_HELP['SLACK_BOT_TOKEN']}."
+                ) from None
             log.warning("auth.test failed (%s); starting anyway, Slack writes will be retried", code)
         except OSError as err:
-            log.warning("Slack is not reachable at %s (%s); starting anyway, writes wait in the outbox",
-                        env.api_url, err)
+            log.warning(
+                "Slack is not reachable at %s (%s); starting anyway, writes wait in the outbox", env.api_url, err
+            )
         await ops.start()
         port = await ops.serve_http(env.http_host, env.http_port, bolt=None if socket_mode else bolt)
         handler = None
@@ -96,7 +99,7 @@ async def _run(config: Config, env: Env) -> int:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
             handler = AsyncSocketModeHandler(bolt, app_token=env.app_token)
-            await handler.connect_async()
+            await handler.connect_async()  # type: ignore[no-untyped-call]
             log.info("Socket Mode connected; webhooks, /healthz and /metrics on http://%s:%d", env.http_host, port)
         else:
             log.info("serving Slack on http://%s:%d/slack/events", env.http_host, port)
@@ -107,7 +110,7 @@ async def _run(config: Config, env: Env) -> int:
         await stop.wait()
         log.info("stopping")
         if handler is not None:
-            await handler.close_async()
+            await handler.close_async()  # type: ignore[no-untyped-call]
         await frontend.wait_late()
     finally:
         await ops.stop()
@@ -125,8 +128,11 @@ async def _console(config: Config, env: Env) -> int:
             if sys.stdin.isatty():
                 print(f"webhooks: http://{env.http_host}:{port}/hooks/…  (token: OPSLOOP_WEBHOOK_TOKEN)")
         except OSError as err:
-            print(f"opsloop: the webhook server could not listen on {env.http_host}:{env.http_port} ({err.strerror});"
-                  " the console works without it (set OPSLOOP_HTTP_PORT to move it)", file=sys.stderr)
+            print(
+                f"opsloop: the webhook server could not listen on {env.http_host}:{env.http_port} ({err.strerror});"
+                " the console works without it (set OPSLOOP_HTTP_PORT to move it)",
+                file=sys.stderr,
+            )
         return await session.run()
     finally:
         await ops.stop()
@@ -173,8 +179,11 @@ async def _check(config: Config, env: Env) -> int:
     if not env.webhook_token:
         print("skip OPSLOOP_WEBHOOK_TOKEN: not set, so /hooks/* answer 503")
     for name in config.integrations:
-        report(False, f"integrations.{name}",
-               "this version of opsloop has no adapter for it yet; remove it or upgrade opsloop")
+        report(
+            False,
+            f"integrations.{name}",
+            "this version of opsloop has no adapter for it yet; remove it or upgrade opsloop",
+        )
     print(f"{failures} problem(s)" if failures else "all checks passed")
     return 1 if failures else 0
 
@@ -263,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runner = _audit_verify(config, env)
     try:
-        return asyncio.run(runner)
+        return int(asyncio.run(runner))
     except StartupError as err:
         print(f"opsloop: {err}", file=sys.stderr)
         return 1

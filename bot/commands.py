@@ -48,7 +48,7 @@ def tokenize(text: str) -> list[Token]:
                 buf.append(text[i])
                 i += 1
             if i >= n:
-                raise UsageError(f"The quote opened at `{text[start:start + 20]}` is never closed.")
+                raise UsageError(f"The quote opened at `{text[start : start + 20]}` is never closed.")
             i += 1
             tokens.append(Token("".join(buf), quoted=True))
             continue
@@ -131,8 +131,7 @@ def key(name: str = "key", *, optional: bool = False) -> Param:
     return Param(name, Kind.KEY, optional, metavar="KEY")
 
 
-def number(name: str, *, optional: bool = False, default: int | None = None, min: int = 1,
-           max: int = 1000) -> Param:
+def number(name: str, *, optional: bool = False, default: int | None = None, min: int = 1, max: int = 1000) -> Param:
     return Param(name, Kind.INT, optional, default=default, min=min, max=max)
 
 
@@ -309,7 +308,7 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
     positional = [p for p in spec.params if p.kind not in (Kind.FLAG, Kind.PAIRS)]
     i = 0
     for idx, p in enumerate(positional):
-        later = positional[idx + 1:]
+        later = positional[idx + 1 :]
         if i >= len(remaining):
             if not p.optional:
                 raise _usage_error(spec, f"Missing {p.usage()}.")
@@ -337,13 +336,13 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
         elif p.kind is Kind.REST:
             value, i = " ".join(t.text if not t.quoted else f'"{t.text}"' for t in remaining[i:]), len(remaining)
         elif p.kind is Kind.MENTION:
-            m = None if tok.quoted else _parse_mention(tok.text)
-            if m is None:
+            who = None if tok.quoted else _parse_mention(tok.text)
+            if who is None:
                 if p.optional:
                     args[p.name] = p.default
                     continue
                 raise _usage_error(spec, f"`{tok.text}` is not a person; mention someone like @alice.")
-            value, i = m, i + 1
+            value, i = who, i + 1
         elif p.kind is Kind.CHOICE:
             low = tok.text.lower()
             if low not in p.choices:

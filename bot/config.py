@@ -138,9 +138,7 @@ class Env:
         try:
             port = int(port_text)
         except ValueError:
-            raise ConfigError(
-                "environment", [("OPSLOOP_HTTP_PORT", f"`{port_text}` is not a port number")]
-            ) from None
+            raise ConfigError("environment", [("OPSLOOP_HTTP_PORT", f"`{port_text}` is not a port number")]) from None
         api_url = e.get("SLACK_API_URL") or "https://slack.com/api/"
         if not api_url.endswith("/"):
             api_url += "/"
@@ -168,7 +166,10 @@ def _secret_literals(node: Any, path: str = "") -> list[tuple[str, str]]:
             p = f"{path}.{k}" if path else str(k)
             if isinstance(k, str) and _SECRET_KEYS.match(k) and isinstance(v, str):
                 problems.append(
-                    (p, f"secrets don't belong in the YAML: write `{k}_env: SOME_VARIABLE` and set it in the environment")
+                    (
+                        p,
+                        f"secrets don't belong in the YAML: write `{k}_env: SOME_VARIABLE` and set that variable",
+                    )
                 )
             else:
                 problems.extend(_secret_literals(v, p))

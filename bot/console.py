@@ -117,8 +117,14 @@ class ConsoleScreen:
                 continue
             n = next(self._numbers)
             label = str((el.get("text") or {}).get("text", "?"))
-            self.choices[n] = _Choice(channel, where.ts if where else None, where.thread_ts if where else None,
-                                      str(el.get("action_id", "")), str(el.get("value") or ""), label)
+            self.choices[n] = _Choice(
+                channel,
+                where.ts if where else None,
+                where.thread_ts if where else None,
+                str(el.get("action_id", "")),
+                str(el.get("value") or ""),
+                label,
+            )
             if where:
                 where.numbers.append(n)
             style = {"primary": "bold green", "danger": "bold red"}.get(str(el.get("style", "")), "bold")
@@ -144,13 +150,14 @@ class ConsoleScreen:
                     table = Table.grid(padding=(0, 3))
                     cells = [self.inline(f["text"]) for f in b["fields"]]
                     for i in range(0, len(cells), 2):
-                        table.add_row(*cells[i:i + 2])
+                        table.add_row(*cells[i : i + 2])
                     parts.append(table)
                 if b.get("accessory", {}).get("type") == "button":
                     parts.append(self._buttons([b["accessory"]], where, channel))
             elif t == "context":
-                parts.append(Text.assemble(*(self.inline(e.get("text", "")) for e in b.get("elements", [])),
-                                           style="dim"))
+                parts.append(
+                    Text.assemble(*(self.inline(e.get("text", "")) for e in b.get("elements", [])), style="dim")
+                )
             elif t == "divider":
                 parts.append(Text("─" * 40, style="dim"))
             elif t == "actions":
@@ -159,8 +166,9 @@ class ConsoleScreen:
                 parts.append(Text(f"[input] {b.get('label', {}).get('text', '')}", style="dim"))
         return parts
 
-    def show(self, title: str, payload: Payload, *, channel: str, where: _Shown | None = None,
-             style: str = "blue") -> None:
+    def show(
+        self, title: str, payload: Payload, *, channel: str, where: _Shown | None = None, style: str = "blue"
+    ) -> None:
         """Print one message in a panel."""
         parts = self.draw(list(payload.get("blocks") or []), where, channel)
         if not parts:
@@ -211,8 +219,9 @@ class ConsoleTransport:
 
     async def upload(self, channel: str, payload: Payload, *, thread_ts: str | None) -> None:
         content = str(payload.get("content", ""))
-        self.screen.out.print(Panel(content[-2000:], title=f"{channel}: file {payload.get('filename')}",
-                                    title_align="left", expand=False))
+        self.screen.out.print(
+            Panel(content[-2000:], title=f"{channel}: file {payload.get('filename')}", title_align="left", expand=False)
+        )
 
     async def find_posted(self, channel: str, thread_ts: str | None, marker: str, since: float) -> str | None:
         return None  # a new console session starts with an empty screen
@@ -240,8 +249,15 @@ HELP = """Console commands:
 class ConsoleSession:
     """One console chat; `handle` runs a line, `run` reads them until the end of input."""
 
-    def __init__(self, router: Router, services: Services, screen: ConsoleScreen, surface: ConsoleSurface,
-                 directory: ConsoleDirectory, config: Config) -> None:
+    def __init__(
+        self,
+        router: Router,
+        services: Services,
+        screen: ConsoleScreen,
+        surface: ConsoleSurface,
+        directory: ConsoleDirectory,
+        config: Config,
+    ) -> None:
         self.router = router
         self.services = services
         self.screen = screen
@@ -278,8 +294,15 @@ class ConsoleSession:
     async def _fill_forms(self) -> None:
         while self.surface.pending:
             modal, user, channel = self.surface.pending.pop(0)
-            self.out.print(Panel(self.screen.inline(modal.intro or modal.title), title=f"form: {modal.title}",
-                                 title_align="left", border_style="yellow", expand=False))
+            self.out.print(
+                Panel(
+                    self.screen.inline(modal.intro or modal.title),
+                    title=f"form: {modal.title}",
+                    title_align="left",
+                    border_style="yellow",
+                    expand=False,
+                )
+            )
             values: dict[str, str | None] = {}
             for inp in modal.inputs:
                 if isinstance(inp, v.TextInput):
@@ -298,8 +321,7 @@ class ConsoleSession:
                     if a.isdigit() and 1 <= int(a) <= len(inp.options):
                         picked = inp.options[int(a) - 1][0]
                     elif a:
-                        picked = next((val for val, label in inp.options if a.lower() in (val, label.lower())),
-                                      picked)
+                        picked = next((val for val, label in inp.options if a.lower() in (val, label.lower())), picked)
                     values[inp.name] = picked
             sub = Submission(actor=user, callback=modal.callback, values=values, metadata=modal.metadata)
             try:
@@ -308,8 +330,9 @@ class ConsoleSession:
                 self.out.print(Text(f"The form was not accepted: {err}", style="red"))
                 continue
             if reply is not None:
-                self.screen.show("only you see this", rendering.message(reply.message), channel=channel,
-                                 style="magenta")
+                self.screen.show(
+                    "only you see this", rendering.message(reply.message), channel=channel, style="magenta"
+                )
 
     async def handle(self, line: str) -> bool:
         """Run one line; False when the session should end."""
@@ -349,8 +372,7 @@ class ConsoleSession:
                 text = text[4:]
             elif text.startswith("@opsloop"):
                 text = text[8:]
-            inv = Invocation(actor=self.user, channel=self.channel, text=text, source="console",
-                             trigger_id="console")
+            inv = Invocation(actor=self.user, channel=self.channel, text=text, source="console", trigger_id="console")
             reply = await self.router.command(inv, self.surface)
             title = "everyone sees this" if reply.visibility is v.Visibility.IN_CHANNEL else "only you see this"
             self.screen.show(title, rendering.reply(reply), channel=self.channel, style="magenta")
@@ -363,14 +385,21 @@ class ConsoleSession:
         if choice is None:
             self.out.print(Text(f"There is no button [{n}] (any more).", style="red"))
             return
-        self.out.print(Text(f"@{self.directory.names.get(self.user, self.user)} pressed “{choice.label}”",
-                            style="dim"))
-        click = Click(actor=self.user, channel=choice.channel, action_id=choice.action_id, value=choice.value,
-                      message_ts=choice.ts, thread_ts=choice.thread_ts, trigger_id="console")
+        self.out.print(Text(f"@{self.directory.names.get(self.user, self.user)} pressed “{choice.label}”", style="dim"))
+        click = Click(
+            actor=self.user,
+            channel=choice.channel,
+            action_id=choice.action_id,
+            value=choice.value,
+            message_ts=choice.ts,
+            thread_ts=choice.thread_ts,
+            trigger_id="console",
+        )
         reply = await self.router.click(click, self.surface)
         if reply is not None:
-            self.screen.show("only you see this", rendering.message(reply.message), channel=choice.channel,
-                             style="magenta")
+            self.screen.show(
+                "only you see this", rendering.message(reply.message), channel=choice.channel, style="magenta"
+            )
 
     async def run(self, stdin: TextIO | None = None) -> int:
         """Read lines until the end of input (or /quit); 0 on a clean end."""

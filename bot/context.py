@@ -47,8 +47,14 @@ class Services:
     trackers: dict[str, Tracker] = field(default_factory=dict)
 
     async def post(
-        self, channel: str, msg: v.Message, *, key: str | None = None, thread_key: str | None = None,
-        thread_ts: str | None = None, dedupe: str | None = None,
+        self,
+        channel: str,
+        msg: v.Message,
+        *,
+        key: str | None = None,
+        thread_key: str | None = None,
+        thread_ts: str | None = None,
+        dedupe: str | None = None,
     ) -> None:
         """Post a message through the outbox; with `key`, later `update(key)` edits it in place."""
         await self.outbox.post(
@@ -132,8 +138,14 @@ class Ctx:
         return self.services.tracker(name)
 
     async def post(
-        self, msg: v.Message, *, channel: str | None = None, key: str | None = None,
-        thread_key: str | None = None, thread_ts: str | None = None, dedupe: str | None = None,
+        self,
+        msg: v.Message,
+        *,
+        channel: str | None = None,
+        key: str | None = None,
+        thread_key: str | None = None,
+        thread_ts: str | None = None,
+        dedupe: str | None = None,
     ) -> None:
         """Post a message (through the outbox); with `key`, later `update(key)` edits it in place."""
         await self.services.post(
@@ -155,7 +167,12 @@ class Ctx:
         await self.surface.open_modal(self.trigger_id, modal, user=self.actor, channel=self.channel)
 
     async def audit(
-        self, action: str, outcome: Outcome, *, target: str | None = None, reason: str | None = None,
+        self,
+        action: str,
+        outcome: Outcome,
+        *,
+        target: str | None = None,
+        reason: str | None = None,
         detail: dict[str, object] | None = None,
     ) -> None:
         """Record a decision in the audit log."""

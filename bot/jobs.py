@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from sqlite_utils import Database
@@ -82,8 +83,15 @@ class JobKind:
 
 def _job(r: Mapping[str, Any]) -> Job:
     return Job(
-        id=r["id"], kind=r["kind"], key=r["key"], state=JobState(r["state"]), requester=r["requester"],
-        channel=r["channel"], thread_ts=r["thread_ts"], payload=json.loads(r["payload"]), attempts=r["attempts"],
+        id=r["id"],
+        kind=r["kind"],
+        key=r["key"],
+        state=JobState(r["state"]),
+        requester=r["requester"],
+        channel=r["channel"],
+        thread_ts=r["thread_ts"],
+        payload=json.loads(r["payload"]),
+        attempts=r["attempts"],
     )
 
 
@@ -117,8 +125,15 @@ class JobRunner:
     # --- submitting
 
     def enqueue_in(
-        self, db: Database, kind: str, key: str, payload: Mapping[str, Any], *,
-        requester: str | None = None, channel: str | None = None, thread_ts: str | None = None,
+        self,
+        db: Database,
+        kind: str,
+        key: str,
+        payload: Mapping[str, Any],
+        *,
+        requester: str | None = None,
+        channel: str | None = None,
+        thread_ts: str | None = None,
     ) -> int:
         """Write a queued job inside a running write; call `launch(id)` after it commits."""
         if kind not in self._kinds:
@@ -132,13 +147,20 @@ class JobRunner:
         return int(cur.lastrowid or 0)
 
     async def submit(
-        self, kind: str, key: str, payload: Mapping[str, Any], *,
-        requester: str | None = None, channel: str | None = None, thread_ts: str | None = None,
+        self,
+        kind: str,
+        key: str,
+        payload: Mapping[str, Any],
+        *,
+        requester: str | None = None,
+        channel: str | None = None,
+        thread_ts: str | None = None,
     ) -> int:
         """Persist a job and start it; return its id."""
         job_id = await self._store.write(
-            lambda db: self.enqueue_in(db, kind, key, payload, requester=requester, channel=channel,
-                                       thread_ts=thread_ts)
+            lambda db: self.enqueue_in(
+                db, kind, key, payload, requester=requester, channel=channel, thread_ts=thread_ts
+            )
         )
         await self.launch(job_id)
         return job_id
@@ -154,10 +176,10 @@ class JobRunner:
         self._idle.clear()
         task = asyncio.create_task(self._run(job, resumed), name=f"job-{job.kind}-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _t, jid=job.id: self._finished(jid))
+        task.add_done_callback(partial(self._finished, job.id))
         self._gauge()
 
-    def _finished(self, job_id: int) -> None:
+    def _finished(self, job_id: int, _task: object = None) -> None:
         self._tasks.pop(job_id, None)
         self._gauge()
         if not self._tasks:

@@ -32,7 +32,8 @@ def manifest(groups: Sequence[CommandGroup] | None = None) -> dict[str, Any]:
     stages = ", ".join(g.stage for g in groups if g.commands and g.stage != "core")
     shortcuts = [
         {"name": s.name, "type": "message", "callback_id": s.callback, "description": s.description}
-        for g in groups for s in g.shortcuts
+        for g in groups
+        for s in g.shortcuts
     ]
     return {
         "_metadata": {"major_version": 1, "minor_version": 1},
@@ -42,16 +43,21 @@ def manifest(groups: Sequence[CommandGroup] | None = None) -> dict[str, Any]:
             "background_color": "#1d3557",
         },
         "features": {
-            "app_home": {"home_tab_enabled": True, "messages_tab_enabled": True,
-                         "messages_tab_read_only_enabled": False},
+            "app_home": {
+                "home_tab_enabled": True,
+                "messages_tab_enabled": True,
+                "messages_tab_read_only_enabled": False,
+            },
             "bot_user": {"display_name": "opsloop", "always_online": True},
             "shortcuts": shortcuts,
-            "slash_commands": [{
-                "command": SLASH_COMMAND,
-                "description": f"opsloop: {stages}",
-                "usage_hint": "help [stage] | plan new \"title\" | feedback \"text\" | …",
-                "should_escape": True,
-            }],
+            "slash_commands": [
+                {
+                    "command": SLASH_COMMAND,
+                    "description": f"opsloop: {stages}",
+                    "usage_hint": 'help [stage] | plan new "title" | feedback "text" | …',
+                    "should_escape": True,
+                }
+            ],
         },
         "oauth_config": {"scopes": {"bot": BOT_SCOPES}},
         "settings": {

@@ -17,8 +17,11 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.acks = Counter("opsloop_acks_total", "Slack requests acknowledged", ["kind"], registry=r)
         self.ack_seconds = Histogram(
-            "opsloop_ack_seconds", "Time from receiving a Slack request to its ack", ["kind"],
-            buckets=ACK_BUCKETS, registry=r,
+            "opsloop_ack_seconds",
+            "Time from receiving a Slack request to its ack",
+            ["kind"],
+            buckets=ACK_BUCKETS,
+            registry=r,
         )
         self.commands = Counter(
             "opsloop_commands_total", "Commands, clicks and submits by id and outcome", ["id", "outcome"], registry=r
@@ -28,15 +31,15 @@ class Metrics:
         self.outbox_failed = Counter(
             "opsloop_outbox_failed_total", "Slack writes given up (permanent errors)", ["op"], registry=r
         )
-        self.slack_retries = Counter(
-            "opsloop_slack_retries_total", "Slack writes retried", ["reason"], registry=r
-        )
+        self.slack_retries = Counter("opsloop_slack_retries_total", "Slack writes retried", ["reason"], registry=r)
         self.slack_429 = Counter("opsloop_slack_ratelimited_total", "Slack 429 answers", ["method"], registry=r)
         self.jobs = Gauge("opsloop_jobs", "Jobs by state", ["state"], registry=r)
-        self.job_runs = Counter("opsloop_job_runs_total", "Jobs finished by kind and state", ["kind", "state"],
-                                registry=r)
-        self.hooks = Counter("opsloop_hooks_total", "Webhook requests by source and status", ["source", "status"],
-                             registry=r)
+        self.job_runs = Counter(
+            "opsloop_job_runs_total", "Jobs finished by kind and state", ["kind", "state"], registry=r
+        )
+        self.hooks = Counter(
+            "opsloop_hooks_total", "Webhook requests by source and status", ["source", "status"], registry=r
+        )
         self.adapter_errors = Counter("opsloop_adapter_errors_total", "Adapter errors by tool", ["tool"], registry=r)
 
     def render(self) -> bytes:

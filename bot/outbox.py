@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from sqlite_utils import Database
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 Payload = Mapping[str, Any]
 MARKER_EVENT = "opsloop_write"
+
+
+def _requeue(db: Database, row_id: int) -> None:
+    db.execute("UPDATE outbox SET state = 'pending' WHERE id = ?", (row_id,))
 
 
 class Op(enum.StrEnum):
@@ -199,11 +204,14 @@ class Outbox:
                 db, "SELECT id FROM outbox WHERE ref_key = ? AND op = 'post' AND state = 'pending'", (key,)
             )
             if pending_post:
-                db.execute("UPDATE outbox SET payload = ? WHERE id = ?",
-                           (self._row(Op.POST, channel, payload)["payload"], pending_post["id"]))
+                db.execute(
+                    "UPDATE outbox SET payload = ? WHERE id = ?",
+                    (self._row(Op.POST, channel, payload)["payload"], pending_post["id"]),
+                )
                 return
-        row = self._row(Op.POST, channel, payload, ref_key=key, thread_key=thread_key, thread_ts=thread_ts,
-                        dedupe_key=dedupe)
+        row = self._row(
+            Op.POST, channel, payload, ref_key=key, thread_key=thread_key, thread_ts=thread_ts, dedupe_key=dedupe
+        )
         self._insert(db, row)
 
     def update_in(self, db: Database, key: str, payload: Payload) -> bool:
@@ -235,8 +243,9 @@ class Outbox:
         self._insert(db, self._row(Op.UPDATE, channel, payload, ref_key=key))
         return True
 
-    def ephemeral_in(self, db: Database, channel: str, user: str, payload: Payload,
-                     thread_ts: str | None = None) -> None:
+    def ephemeral_in(
+        self, db: Database, channel: str, user: str, payload: Payload, thread_ts: str | None = None
+    ) -> None:
         """Queue an ephemeral message to one user inside a running write."""
         self._insert(db, self._row(Op.EPHEMERAL, channel, payload, user=user, thread_ts=thread_ts))
 
@@ -253,8 +262,15 @@ class Outbox:
         """Queue a post to a response_url inside a running write."""
         self._insert(db, self._row(Op.RESPOND, f"respond:{url[-24:]}", payload, user=url))
 
-    def upload_in(self, db: Database, channel: str, payload: Payload, *, thread_key: str | None = None,
-                  thread_ts: str | None = None) -> None:
+    def upload_in(
+        self,
+        db: Database,
+        channel: str,
+        payload: Payload,
+        *,
+        thread_key: str | None = None,
+        thread_ts: str | None = None,
+    ) -> None:
         """Queue a file upload (`filename`, `content`, `title`, `comment`) inside a running write."""
         self._insert(db, self._row(Op.UPLOAD, channel, payload, thread_key=thread_key, thread_ts=thread_ts))
 
@@ -337,9 +353,7 @@ class Outbox:
         return int(n)
 
     async def _recover(self) -> None:
-        stuck = await self._store.read(
-            lambda db: rows(db, "SELECT * FROM outbox WHERE state = 'sending' ORDER BY id")
-        )
+        stuck = await self._store.read(lambda db: rows(db, "SELECT * FROM outbox WHERE state = 'sending' ORDER BY id"))
         for r in stuck:
             if r["op"] == Op.POST:
                 thread_ts = r["thread_ts"] or await self._thread_ts(r)
@@ -352,11 +366,9 @@ class Outbox:
                     ts = None
                 if ts is not None:
                     log.info("outbox: row %s was posted before the restart (ts %s); not posting again", r["id"], ts)
-                    await self._store.write(lambda db, r=r, ts=ts: self._mark_sent(db, r, r["channel"], ts))
+                    await self._store.write(partial(self._mark_sent, r=r, channel=r["channel"], ts=ts))
                     continue
-            await self._store.write(
-                lambda db, r=r: db.execute("UPDATE outbox SET state = 'pending' WHERE id = ?", (r["id"],))
-            )
+            await self._store.write(partial(_requeue, row_id=r["id"]))
 
     @staticmethod
     def _marker(r: Mapping[str, Any]) -> str:
@@ -446,8 +458,9 @@ class Outbox:
             thread_ts = r["thread_ts"] or await self._thread_ts(r)
             started = self._clock.now()
             await self._store.write(
-                lambda db: db.execute("UPDATE outbox SET state = 'sending', started_at = ? WHERE id = ?",
-                                      (started, r["id"]))
+                lambda db: db.execute(
+                    "UPDATE outbox SET state = 'sending', started_at = ? WHERE id = ?", (started, r["id"])
+                )
             )
             channel, ts = await t.post(r["channel"], payload, thread_ts=thread_ts, marker=self._marker(r))
             await self._store.write(lambda db: self._mark_sent(db, r, channel, ts))
@@ -472,8 +485,9 @@ class Outbox:
         self._metrics.outbox_sent.labels(op=str(op)).inc()
 
     def _mark_sent(self, db: Database, r: Mapping[str, Any], channel: str, ts: str | None) -> None:
-        db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, error = NULL WHERE id = ?",
-                   (self._clock.now(), r["id"]))
+        db.execute(
+            "UPDATE outbox SET state = 'sent', sent_at = ?, error = NULL WHERE id = ?", (self._clock.now(), r["id"])
+        )
         if ts is not None and r["ref_key"]:
             db.execute(
                 "INSERT INTO message_refs (key, channel, ts, created_at) VALUES (?, ?, ?, ?)"
@@ -504,8 +518,15 @@ class Outbox:
             delay *= 0.75 + random.random() / 2
             reason = "error"
         self._metrics.slack_retries.labels(reason=reason).inc()
-        log.warning("outbox: %s row %s to %s failed (%s); retry %d in %.1fs",
-                    op, r["id"], r["channel"], err.reason, attempts, delay)
+        log.warning(
+            "outbox: %s row %s to %s failed (%s); retry %d in %.1fs",
+            op,
+            r["id"],
+            r["channel"],
+            err.reason,
+            attempts,
+            delay,
+        )
         await self._store.write(
             lambda db: db.execute(
                 "UPDATE outbox SET state = 'pending', attempts = ?, next_at = ?, error = ? WHERE id = ?",

@@ -101,7 +101,7 @@ def _blocks(blocks: tuple[v.Block, ...], ids: _Ids) -> list[Any]:
             out.append(HeaderBlock(text=_plain(b.text, 150)))
         elif isinstance(b, v.Section):
             fields = [_md(f"*{k}*\n{val}", FIELD_MAX) for k, val in b.fields]
-            chunks = [fields[i:i + 10] for i in range(0, len(fields), 10)] or [[]]
+            chunks = [fields[i : i + 10] for i in range(0, len(fields), 10)] or [[]]
             for n, chunk in enumerate(chunks):
                 kw: dict[str, Any] = {}
                 if n == 0 and b.text:
@@ -120,7 +120,7 @@ def _blocks(blocks: tuple[v.Block, ...], ids: _Ids) -> list[Any]:
         elif isinstance(b, v.Actions):
             if b.buttons:
                 for i in range(0, len(b.buttons), 25):
-                    out.append(ActionsBlock(elements=[_button(x, ids) for x in b.buttons[i:i + 25]]))
+                    out.append(ActionsBlock(elements=[_button(x, ids) for x in b.buttons[i : i + 25]]))
         elif isinstance(b, v.Code):
             body = b.text.replace("```", "`\u200b``")
             out.append(SectionBlock(text=_md("```" + clip(body, TEXT_MAX - 6, keep="tail") + "```")))

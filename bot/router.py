@@ -148,9 +148,9 @@ class CommandGroup:
     homes: list[tuple[int, HomeFn]] = field(default_factory=list)
     hooks: list[HookSpec] = field(default_factory=list)
     jobs: list[tuple[str, Callable[..., Awaitable[None]], bool, float]] = field(default_factory=list)
-    approval_kinds: list[tuple[str, str, Callable[..., Awaitable[str]], Callable[..., Awaitable[str | None]] | None]] = (
-        field(default_factory=list)
-    )
+    approval_kinds: list[
+        tuple[str, str, Callable[..., Awaitable[str]], Callable[..., Awaitable[str | None]] | None]
+    ] = field(default_factory=list)
 
     def command(
         self, words: str, *params: c.Param, id: str | None = None, examples: Sequence[str] = (), hidden: bool = False
@@ -165,8 +165,9 @@ class CommandGroup:
 
         return deco
 
-    def action(self, action_id: str, *, value: type[BaseModel] | None = None, policy: str | None = None
-               ) -> Callable[[Any], Any]:
+    def action(
+        self, action_id: str, *, value: type[BaseModel] | None = None, policy: str | None = None
+    ) -> Callable[[Any], Any]:
         """Register a button; `value` is the pydantic model its value parses into."""
 
         def deco(fn: Any) -> Any:
@@ -175,8 +176,9 @@ class CommandGroup:
 
         return deco
 
-    def submit(self, callback: str, *, metadata: type[BaseModel] | None = None, policy: str | None = None
-               ) -> Callable[[Any], Any]:
+    def submit(
+        self, callback: str, *, metadata: type[BaseModel] | None = None, policy: str | None = None
+    ) -> Callable[[Any], Any]:
         """Register a modal submit handler."""
 
         def deco(fn: Any) -> Any:
@@ -185,8 +187,9 @@ class CommandGroup:
 
         return deco
 
-    def shortcut(self, callback: str, *, name: str, description: str, policy: str | None = None
-                 ) -> Callable[[Any], Any]:
+    def shortcut(
+        self, callback: str, *, name: str, description: str, policy: str | None = None
+    ) -> Callable[[Any], Any]:
         """Register a message shortcut (it appears in the manifest)."""
 
         def deco(fn: Any) -> Any:
@@ -222,8 +225,14 @@ class CommandGroup:
 
         return deco
 
-    def approval(self, policy_key: str, *, job: str, fingerprint: Callable[..., Awaitable[str]],
-                 recheck: Callable[..., Awaitable[str | None]] | None = None) -> None:
+    def approval(
+        self,
+        policy_key: str,
+        *,
+        job: str,
+        fingerprint: Callable[..., Awaitable[str]],
+        recheck: Callable[..., Awaitable[str | None]] | None = None,
+    ) -> None:
         """Register how approvals of `policy_key` fingerprint their subject and what job runs after."""
         self.approval_kinds.append((policy_key, job, fingerprint, recheck))
 
@@ -244,22 +253,28 @@ class Router:
                 raise ValueError(f"command id {s.id} is registered twice")
             ids[s.id] = s.id
         self.grammar = c.Grammar(specs)
-        self.actions = self._unique({a.id: a for g in groups for a in g.actions}, [a.id for g in groups for a in g.actions],
-                                    "action")
-        self.submits = self._unique({s.callback: s for g in groups for s in g.submits},
-                                    [s.callback for g in groups for s in g.submits], "modal")
-        self.shortcuts = self._unique({s.callback: s for g in groups for s in g.shortcuts},
-                                      [s.callback for g in groups for s in g.shortcuts], "shortcut")
-        self.hooks = self._unique({h.source: h for g in groups for h in g.hooks},
-                                  [h.source for g in groups for h in g.hooks], "hook")
+        self.actions = self._unique(
+            {a.id: a for g in groups for a in g.actions}, [a.id for g in groups for a in g.actions], "action"
+        )
+        self.submits = self._unique(
+            {s.callback: s for g in groups for s in g.submits}, [s.callback for g in groups for s in g.submits], "modal"
+        )
+        self.shortcuts = self._unique(
+            {s.callback: s for g in groups for s in g.shortcuts},
+            [s.callback for g in groups for s in g.shortcuts],
+            "shortcut",
+        )
+        self.hooks = self._unique(
+            {h.source: h for g in groups for h in g.hooks}, [h.source for g in groups for h in g.hooks], "hook"
+        )
         self.homes = sorted((h for g in groups for h in g.homes), key=lambda x: x[0])
         for g in groups:
             for kind, fn, resumable, timeout in g.jobs:
                 services.jobs.register(JobKind(kind, partial(fn, services), resumable, timeout))
             for key, job, fp, recheck in g.approval_kinds:
-                services.approvals.register(ApprovalKind(
-                    key, job, partial(fp, services), partial(recheck, services) if recheck else None
-                ))
+                services.approvals.register(
+                    ApprovalKind(key, job, partial(fp, services), partial(recheck, services) if recheck else None)
+                )
 
     @staticmethod
     def _unique(table: dict[str, Any], names: list[str], what: str) -> dict[str, Any]:
@@ -296,7 +311,13 @@ class Router:
         return out
 
     async def _finish(
-        self, actor: str, channel: str, action: str, target: str | None, started: float, err: BaseException | None,
+        self,
+        actor: str,
+        channel: str,
+        action: str,
+        target: str | None,
+        started: float,
+        err: BaseException | None,
         detail: Mapping[str, Any] | None = None,
     ) -> v.Reply | None:
         """Audit and count one dispatch; turn an error into the reply the user sees."""
@@ -318,10 +339,17 @@ class Router:
                 "Nothing was changed unless a message says so; the details are in the opsloop log."
             )
         self.services.metrics.commands.labels(id=action, outcome=outcome.value).inc()
-        await self.services.audit.record(AuditEntry(
-            actor, action, outcome, channel, target, reason,
-            {"ms": round((time.perf_counter() - started) * 1000, 1), **(detail or {})},
-        ))
+        await self.services.audit.record(
+            AuditEntry(
+                actor,
+                action,
+                outcome,
+                channel,
+                target,
+                reason,
+                {"ms": round((time.perf_counter() - started) * 1000, 1), **(detail or {})},
+            )
+        )
         return reply
 
     async def command(self, inv: Invocation, surface: Surface) -> v.Reply:
@@ -338,13 +366,27 @@ class Router:
             if not decision.allowed:
                 raise NotAllowed(decision.reason)
             args = await self._resolve(parsed.args)
-            ctx = self._ctx(surface, inv.actor, inv.channel, thread_ts=inv.thread_ts, trigger_id=inv.trigger_id,
-                            response_url=inv.response_url, source=inv.source)
+            ctx = self._ctx(
+                surface,
+                inv.actor,
+                inv.channel,
+                thread_ts=inv.thread_ts,
+                trigger_id=inv.trigger_id,
+                response_url=inv.response_url,
+                source=inv.source,
+            )
             reply = await parsed.command.handler(ctx, **args)
         except Exception as e:  # every failure is reported to the user and audited below
             err = e
-        failure = await self._finish(inv.actor, inv.channel, action, self.services.redactor.text(text)[:500],
-                                     started, err, {"source": inv.source})
+        failure = await self._finish(
+            inv.actor,
+            inv.channel,
+            action,
+            self.services.redactor.text(text)[:500],
+            started,
+            err,
+            {"source": inv.source},
+        )
         return failure or reply or v.Reply.text("Done.")
 
     async def click(self, click: Click, surface: Surface) -> v.Reply | None:
@@ -366,9 +408,16 @@ class Router:
             decision = await self.services.policy.check(click.actor, spec.policy)
             if not decision.allowed:
                 raise NotAllowed(decision.reason)
-            ctx = self._ctx(surface, click.actor, click.channel, thread_ts=click.thread_ts,
-                            trigger_id=click.trigger_id, response_url=click.response_url,
-                            message_ts=click.message_ts, source="click")
+            ctx = self._ctx(
+                surface,
+                click.actor,
+                click.channel,
+                thread_ts=click.thread_ts,
+                trigger_id=click.trigger_id,
+                response_url=click.response_url,
+                message_ts=click.message_ts,
+                source="click",
+            )
             reply = await spec.handler(ctx, value)
         except Exception as e:  # reported and audited below
             err = e
@@ -414,8 +463,15 @@ class Router:
             decision = await self.services.policy.check(call.actor, spec.policy)
             if not decision.allowed:
                 raise NotAllowed(decision.reason)
-            ctx = self._ctx(surface, call.actor, call.channel, trigger_id=call.trigger_id,
-                            response_url=call.response_url, message_ts=call.message_ts, source="shortcut")
+            ctx = self._ctx(
+                surface,
+                call.actor,
+                call.channel,
+                trigger_id=call.trigger_id,
+                response_url=call.response_url,
+                message_ts=call.message_ts,
+                source="shortcut",
+            )
             await spec.handler(ctx, call)
         except Exception as e:  # reported and audited below
             err = e

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -36,8 +37,15 @@ log = logging.getLogger(__name__)
 ACK_DEADLINE = 2.5
 SLASH_COMMAND = "/ops"
 # Errors after which a retry can succeed; everything else Slack answers is permanent for that write.
-_RETRYABLE = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
-              "request_timeout", "team_added_to_org"}
+_RETRYABLE = {
+    "ratelimited",
+    "rate_limited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+    "team_added_to_org",
+}
 _MENTION_PREFIX = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*")
 
 
@@ -45,7 +53,9 @@ def web_client(token: str, api_url: str, timeout: int = 10) -> AsyncWebClient:
     """The one Web API client: explicit base URL (SLACK_API_URL), connection retries only (the outbox
     does the rest)."""
     return AsyncWebClient(
-        token=token, base_url=api_url, timeout=timeout,
+        token=token,
+        base_url=api_url,
+        timeout=timeout,
         retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=1)],
     )
 
@@ -87,25 +97,44 @@ class SlackTransport:
             raise _delivery_error(method, err) from err
 
     async def post(self, channel: str, payload: Payload, *, thread_ts: str | None, marker: str) -> tuple[str, str]:
-        resp = await self._call("chat.postMessage", lambda: self.client.chat_postMessage(
-            channel=channel, text=payload.get("text"), blocks=payload.get("blocks"), thread_ts=thread_ts,
-            metadata={"event_type": MARKER_EVENT, "event_payload": {"id": marker}},
-            unfurl_links=False, unfurl_media=False,
-        ))
+        resp = await self._call(
+            "chat.postMessage",
+            lambda: self.client.chat_postMessage(
+                channel=channel,
+                text=payload.get("text"),
+                blocks=payload.get("blocks"),
+                thread_ts=thread_ts,
+                metadata={"event_type": MARKER_EVENT, "event_payload": {"id": marker}},
+                unfurl_links=False,
+                unfurl_media=False,
+            ),
+        )
         return str(resp["channel"]), str(resp["ts"])
 
     async def update(self, channel: str, ts: str, payload: Payload) -> None:
-        await self._call("chat.update", lambda: self.client.chat_update(
-            channel=channel, ts=ts, text=payload.get("text"), blocks=payload.get("blocks")))
+        await self._call(
+            "chat.update",
+            lambda: self.client.chat_update(
+                channel=channel, ts=ts, text=payload.get("text"), blocks=payload.get("blocks")
+            ),
+        )
 
     async def ephemeral(self, channel: str, user: str, payload: Payload, *, thread_ts: str | None) -> None:
         if channel.startswith(("U", "W", "home:")):
             # No channel to be private in (a click on the App Home): the app's DM carries it.
-            await self._call("chat.postMessage", lambda: self.client.chat_postMessage(
-                channel=user, text=payload.get("text"), blocks=payload.get("blocks")))
+            await self._call(
+                "chat.postMessage",
+                lambda: self.client.chat_postMessage(
+                    channel=user, text=payload.get("text"), blocks=payload.get("blocks")
+                ),
+            )
             return
-        await self._call("chat.postEphemeral", lambda: self.client.chat_postEphemeral(
-            channel=channel, user=user, text=payload.get("text"), blocks=payload.get("blocks"), thread_ts=thread_ts))
+        await self._call(
+            "chat.postEphemeral",
+            lambda: self.client.chat_postEphemeral(
+                channel=channel, user=user, text=payload.get("text"), blocks=payload.get("blocks"), thread_ts=thread_ts
+            ),
+        )
 
     async def publish_home(self, user: str, view: Payload) -> None:
         await self._call("views.publish", lambda: self.client.views_publish(user_id=user, view=dict(view)))
@@ -119,22 +148,34 @@ class SlackTransport:
             raise DeliveryError(f"response_url answered {resp.status_code}: {resp.body[:200]}", retryable=False)
 
     async def upload(self, channel: str, payload: Payload, *, thread_ts: str | None) -> None:
-        await self._call("files.upload", lambda: self.client.files_upload_v2(
-            channel=channel, filename=payload["filename"], content=payload["content"],
-            title=payload.get("title") or payload["filename"], initial_comment=payload.get("comment"),
-            thread_ts=thread_ts,
-        ))
+        await self._call(
+            "files.upload",
+            lambda: self.client.files_upload_v2(
+                channel=channel,
+                filename=payload["filename"],
+                content=payload["content"],
+                title=payload.get("title") or payload["filename"],
+                initial_comment=payload.get("comment"),
+                thread_ts=thread_ts,
+            ),
+        )
 
     async def find_posted(self, channel: str, thread_ts: str | None, marker: str, since: float) -> str | None:
         cursor: str | None = None
         for _ in range(10):  # a few pages of recent history are plenty for "just before the crash"
+            common: dict[str, Any] = {
+                "channel": channel,
+                "oldest": str(since),
+                "include_all_metadata": True,
+                "cursor": cursor,
+                "limit": 200,
+            }
             if thread_ts:
-                resp = await self._call("conversations.replies", lambda c=cursor: self.client.conversations_replies(
-                    channel=channel, ts=thread_ts, oldest=str(since), include_all_metadata=True, cursor=c,
-                    limit=200))
+                resp = await self._call(
+                    "conversations.replies", partial(self.client.conversations_replies, ts=thread_ts, **common)
+                )
             else:
-                resp = await self._call("conversations.history", lambda c=cursor: self.client.conversations_history(
-                    channel=channel, oldest=str(since), include_all_metadata=True, cursor=c, limit=200))
+                resp = await self._call("conversations.history", partial(self.client.conversations_history, **common))
             for m in resp.get("messages", []):
                 meta = m.get("metadata") or {}
                 if meta.get("event_type") == MARKER_EVENT and (meta.get("event_payload") or {}).get("id") == marker:
@@ -172,8 +213,11 @@ class SlackDirectory:
             raise AdapterUnavailable("Slack", f"users.info failed: {err}") from err
         u = resp["user"]
         p = Person(
-            id=u["id"], name=u.get("real_name") or u.get("name") or u["id"], is_bot=bool(u.get("is_bot")),
-            is_guest=bool(u.get("is_restricted") or u.get("is_ultra_restricted")), deleted=bool(u.get("deleted")),
+            id=u["id"],
+            name=u.get("real_name") or u.get("name") or u["id"],
+            is_bot=bool(u.get("is_bot")),
+            is_guest=bool(u.get("is_restricted") or u.get("is_ultra_restricted")),
+            deleted=bool(u.get("deleted")),
         )
         self._people[user_id] = (time.monotonic(), p)
         return p
@@ -183,7 +227,8 @@ class SlackDirectory:
             return ref
         if self._handles is None or time.monotonic() - self._handles[0] > self.group_ttl:
             resp = await self.client.usergroups_list()
-            self._handles = (time.monotonic(), {g["handle"]: g["id"] for g in resp.get("usergroups", [])})
+            groups: list[dict[str, Any]] = resp.get("usergroups", [])
+            self._handles = (time.monotonic(), {str(g["handle"]): str(g["id"]) for g in groups})
         return self._handles[1].get(ref[1:])
 
     async def group_members(self, group: str) -> frozenset[str]:
@@ -293,8 +338,9 @@ class SlackFrontend:
         metrics = self.services.metrics
         store = self.services.store
 
-        async def timing(req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
-                         ) -> BoltResponse:
+        async def timing(
+            req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
+        ) -> BoltResponse:
             started = time.perf_counter()
             body = req.body
             kind = str(body.get("type") or ("command" if "command" in body else "other"))
@@ -302,8 +348,13 @@ class SlackFrontend:
                 event_id = body.get("event_id")
                 if event_id:
                     now = time.time()
-                    fresh = await store.write(lambda db: db.execute(
-                        "INSERT OR IGNORE INTO seen_events (id, at) VALUES (?, ?)", (event_id, now)).rowcount)
+                    fresh = await store.write(
+                        lambda db: (
+                            db.execute(
+                                "INSERT OR IGNORE INTO seen_events (id, at) VALUES (?, ?)", (event_id, now)
+                            ).rowcount
+                        )
+                    )
                     if not fresh:  # a retry of an event we already have: ack, do nothing twice
                         metrics.acks.labels(kind="event_retry").inc()
                         return BoltResponse(status=200, body="")
@@ -317,8 +368,11 @@ class SlackFrontend:
         @app.command(SLASH_COMMAND)
         async def on_command(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
             inv = Invocation(
-                actor=str(body.get("user_id", "")), channel=str(body.get("channel_id", "")),
-                text=str(body.get("text", "")), source="slash", trigger_id=body.get("trigger_id"),
+                actor=str(body.get("user_id", "")),
+                channel=str(body.get("channel_id", "")),
+                text=str(body.get("text", "")),
+                source="slash",
+                trigger_id=body.get("trigger_id"),
                 response_url=body.get("response_url"),
             )
             done, task = await self._within_deadline(self.router.command(inv, self.surface))
@@ -331,7 +385,8 @@ class SlackFrontend:
             async def deliver(reply: v.Reply) -> None:
                 if url:
                     await self.services.store.write(
-                        lambda db: self.services.outbox.respond_in(db, url, rendering.reply(reply)))
+                        lambda db: self.services.outbox.respond_in(db, url, rendering.reply(reply))
+                    )
                     self.services.outbox.kick()
 
             self._later(task, deliver)
@@ -342,11 +397,13 @@ class SlackFrontend:
             channel = _field(body, "channel", "id") or _field(body, "container", "channel_id") or ""
             message = body.get("message") or {}
             click = Click(
-                actor=str(_field(body, "user", "id") or ""), channel=str(channel),
+                actor=str(_field(body, "user", "id") or ""),
+                channel=str(channel),
                 action_id=str(action.get("action_id", "")),
                 value=str(action.get("value") or _field(action, "selected_option", "value") or ""),
                 message_ts=_field(body, "container", "message_ts"),
-                thread_ts=message.get("thread_ts"), trigger_id=body.get("trigger_id"),
+                thread_ts=message.get("thread_ts"),
+                trigger_id=body.get("trigger_id"),
                 response_url=body.get("response_url"),
             )
             done, task = await self._within_deadline(self.router.click(click, self.surface))
@@ -354,8 +411,9 @@ class SlackFrontend:
 
             async def deliver(reply: v.Reply | None) -> None:
                 if reply is not None:
-                    await self.services.outbox.ephemeral(click.channel or click.actor, click.actor,
-                                                         rendering.message(reply.message), click.thread_ts)
+                    await self.services.outbox.ephemeral(
+                        click.channel or click.actor, click.actor, rendering.message(reply.message), click.thread_ts
+                    )
                 if _field(body, "container", "type") == "view" and _field(body, "view", "type") == "home":
                     await self.publish_home(click.actor)
 
@@ -373,8 +431,9 @@ class SlackFrontend:
                 channel = str(json.loads(meta).get("channel") or actor) if meta.startswith("{") else actor
             except json.JSONDecodeError:
                 channel = actor
-            sub = Submission(actor=actor, callback=str(view.get("callback_id", "")),
-                             values=submission_values(view), metadata=meta)
+            sub = Submission(
+                actor=actor, callback=str(view.get("callback_id", "")), values=submission_values(view), metadata=meta
+            )
             done, task = await self._within_deadline(self.router.submit(sub, self.surface, channel))
             if done:
                 try:
@@ -395,30 +454,36 @@ class SlackFrontend:
             self._later(task, deliver)
 
         for sc in self.router.shortcuts.values():
+
             @app.shortcut(sc.callback)
             async def on_shortcut(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
                 # Ack first: the handler opens a form, and the trigger must be used within 3 seconds.
                 await ack()
                 msg = body.get("message") or {}
                 call = ShortcutCall(
-                    actor=str(_field(body, "user", "id") or ""), callback=str(body.get("callback_id", "")),
+                    actor=str(_field(body, "user", "id") or ""),
+                    callback=str(body.get("callback_id", "")),
                     channel=str(_field(body, "channel", "id") or ""),
                     message_ts=str(msg.get("ts") or body.get("message_ts") or ""),
-                    message_text=str(msg.get("text") or ""), message_user=msg.get("user"),
-                    trigger_id=body.get("trigger_id"), response_url=body.get("response_url"),
+                    message_text=str(msg.get("text") or ""),
+                    message_user=msg.get("user"),
+                    trigger_id=body.get("trigger_id"),
+                    response_url=body.get("response_url"),
                 )
                 reply = await self.router.shortcut(call, self.surface)
                 if reply is not None:
-                    await self.services.outbox.ephemeral(call.channel or call.actor, call.actor,
-                                                         rendering.message(reply.message))
+                    await self.services.outbox.ephemeral(
+                        call.channel or call.actor, call.actor, rendering.message(reply.message)
+                    )
 
         @app.event("app_mention")
         async def on_mention(event: dict[str, Any]) -> None:
             text = _MENTION_PREFIX.sub("", str(event.get("text", "")), count=1)
             channel = str(event.get("channel", ""))
             thread = event.get("thread_ts") or event.get("ts")
-            inv = Invocation(actor=str(event.get("user", "")), channel=channel, text=text, source="mention",
-                             thread_ts=thread)
+            inv = Invocation(
+                actor=str(event.get("user", "")), channel=channel, text=text, source="mention", thread_ts=thread
+            )
             reply = await self.router.command(inv, self.surface)
             await self.services.post(channel, reply.message, thread_ts=thread)
 

@@ -72,9 +72,7 @@ def m001_core(db: Database) -> None:
             channel TEXT, thread_ts TEXT, action TEXT NOT NULL DEFAULT '{}')"""
     )
     # One open request per subject: a second `plan done` joins the first instead of racing it.
-    db.execute(
-        "CREATE UNIQUE INDEX approvals_one_pending ON approvals(subject) WHERE state = 'pending'"
-    )
+    db.execute("CREATE UNIQUE INDEX approvals_one_pending ON approvals(subject) WHERE state = 'pending'")
     db.execute(
         """CREATE TABLE approval_votes (
             approval_id TEXT NOT NULL REFERENCES approvals(id), user TEXT NOT NULL,
@@ -119,7 +117,10 @@ _STOP = object()
 def _connect(path: str, *, readonly: bool = False, busy_timeout: float = 5.0) -> sqlite3.Connection:
     if readonly and path != ":memory:":
         conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False,
+            f"file:{path}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
             timeout=busy_timeout,
         )
     else:
@@ -137,9 +138,7 @@ def _connect(path: str, *, readonly: bool = False, busy_timeout: float = 5.0) ->
 def _explain(path: str, err: sqlite3.Error) -> StartupError:
     text = str(err)
     if "locked" in text or "busy" in text:
-        return StartupError(
-            f"The database {path} is locked by another process (is another opsloop running on it?)."
-        )
+        return StartupError(f"The database {path} is locked by another process (is another opsloop running on it?).")
     if "readonly" in text or "unable to open" in text or "permission" in text.lower():
         return StartupError(
             f"Cannot write the database {path}: {text}. Point OPSLOOP_DB or storage.path at a writable file."
@@ -171,9 +170,7 @@ class Store:
         if not self._memory:
             parent = Path(self.path).parent
             if not parent.exists():
-                raise StartupError(
-                    f"Cannot create the database {self.path}: the directory {parent} does not exist."
-                )
+                raise StartupError(f"Cannot create the database {self.path}: the directory {parent} does not exist.")
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writer = threading.Thread(
             target=self._run_writer, args=(ready, asyncio.get_running_loop()), name="store-writer", daemon=True

@@ -52,6 +52,7 @@ def build_web_app(
     metrics = services.metrics
 
     if bolt is not None:
+
         async def slack_events(request: web.Request) -> web.Response:
             bolt_req = await to_bolt_request(request)
             return await to_aiohttp_response(await bolt.async_dispatch(bolt_req))

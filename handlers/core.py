@@ -13,14 +13,15 @@ from bot.router import CommandGroup
 group = CommandGroup("core", "Help, who you are, approvals.")
 
 
-@group.command("help", c.word("topic", optional=True, metavar="STAGE"), id="core.help",
-               examples=("help", "help plan"))
+@group.command("help", c.word("topic", optional=True, metavar="STAGE"), id="core.help", examples=("help", "help plan"))
 async def help_(ctx: Ctx, topic: str | None) -> v.Reply:
     """List what I can do; `help STAGE` shows one stage in detail."""
     groups = [g for g in ctx.router.groups if any(not s.hidden for s in g.commands)]
     if topic is None:
-        blocks: list[v.Block] = [v.Header("opsloop commands"),
-                                 v.Context(("Type `/ops COMMAND` or mention me. `help STAGE` for details.",))]
+        blocks: list[v.Block] = [
+            v.Header("opsloop commands"),
+            v.Context(("Type `/ops COMMAND` or mention me. `help STAGE` for details.",)),
+        ]
         for g in groups:
             lines = [f"`{s.usage()}` — {s.summary}" for s in g.commands if not s.hidden]
             blocks.append(v.Section(f"*{g.stage}* — {g.doc}\n" + "\n".join(lines)))

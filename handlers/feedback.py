@@ -69,14 +69,16 @@ def card(fb: Feedback) -> v.Message:
     if fb.plan_key:
         blocks.append(v.Context((f"Now plan item *{fb.plan_key}*",)))
     else:
-        blocks.append(v.Actions((v.Button("Make it a plan item", "feedback.promote",
-                                          FeedbackRef(id=fb.id).model_dump_json()),)))
+        blocks.append(
+            v.Actions((v.Button("Make it a plan item", "feedback.promote", FeedbackRef(id=fb.id).model_dump_json()),))
+        )
     blocks.append(v.Context((f"via {fb.source} · {iso(fb.created_at)}",)))
     return v.Message(f"Feedback #{fb.id}: {fb.text[:150]}", tuple(blocks))
 
 
-async def record(ctx: Ctx, text: str, source: str, *, author: str | None = None,
-                 message_ts: str | None = None) -> Feedback:
+async def record(
+    ctx: Ctx, text: str, source: str, *, author: str | None = None, message_ts: str | None = None
+) -> Feedback:
     """Store one piece of feedback (secrets redacted) and post its card to the feedback channel."""
     clean = ctx.redactor.text(text.strip())[:MAX_TEXT]
     now = ctx.clock.now()
@@ -95,8 +97,9 @@ async def record(ctx: Ctx, text: str, source: str, *, author: str | None = None,
     return fb
 
 
-@group.command("feedback", c.text("text"), id="feedback.send",
-               examples=('feedback "The deploy card should show the diff"',))
+@group.command(
+    "feedback", c.text("text"), id="feedback.send", examples=('feedback "The deploy card should show the diff"',)
+)
 async def send(ctx: Ctx, text: str) -> v.Reply:
     """Send feedback to the team; it is kept and can become a plan item."""
     fb = await record(ctx, text, "command")
@@ -106,14 +109,19 @@ async def send(ctx: Ctx, text: str) -> v.Reply:
 @group.command("feedback list", c.number("n", optional=True, default=10, max=50))
 async def list_(ctx: Ctx, n: int) -> v.Reply:
     """The most recent feedback (10 unless you say how many)."""
-    found = [_fb(r) for r in await ctx.store.read(
-        lambda db: _rows(db, "SELECT * FROM feedback ORDER BY id DESC LIMIT ?", (n,)))]
+    found = [
+        _fb(r)
+        for r in await ctx.store.read(lambda db: _rows(db, "SELECT * FROM feedback ORDER BY id DESC LIMIT ?", (n,)))
+    ]
     if not found:
         return v.Reply.text('No feedback yet. `feedback "text"` sends some.')
     blocks: list[v.Block] = [v.Header(f"Recent feedback ({len(found)})")]
     for fb in found:
-        button = None if fb.plan_key else v.Button("Make it a plan item", "feedback.promote",
-                                                     FeedbackRef(id=fb.id).model_dump_json())
+        button = (
+            None
+            if fb.plan_key
+            else v.Button("Make it a plan item", "feedback.promote", FeedbackRef(id=fb.id).model_dump_json())
+        )
         status = f" → *{fb.plan_key}*" if fb.plan_key else ""
         blocks.append(v.Section(f"*#{fb.id}* <@{fb.author}>{status}: {v.esc(fb.text[:300])}", button=button))
     return v.Reply(v.Message(f"{len(found)} feedback items", tuple(blocks)))
@@ -129,14 +137,19 @@ async def promote_to_plan(ctx: Ctx, feedback_id: int) -> str:
         raise Conflict(f"Feedback #{fb.id} is already plan item {fb.plan_key}.")
     first_line = (fb.text.strip().splitlines() or ["Feedback"])[0]
     title = first_line if len(first_line) <= 80 else first_line[:79] + "…"
-    item = await ctx.tracker().create(NewItem(
-        title=title, reporter=ctx.actor, description=f"From feedback #{fb.id} by <@{fb.author}>:\n{fb.text}",
-    ))
+    item = await ctx.tracker().create(
+        NewItem(
+            title=title,
+            reporter=ctx.actor,
+            description=f"From feedback #{fb.id} by <@{fb.author}>:\n{fb.text}",
+        )
+    )
 
     def tx(db: Any) -> int:
         # Only the first promotion wins; a double click finds plan_key set and creates nothing more.
-        return int(db.execute("UPDATE feedback SET plan_key = ? WHERE id = ? AND plan_key IS NULL",
-                              (item.key, fb.id)).rowcount)
+        return int(
+            db.execute("UPDATE feedback SET plan_key = ? WHERE id = ? AND plan_key IS NULL", (item.key, fb.id)).rowcount
+        )
 
     if await ctx.store.write(tx) != 1:
         await ctx.tracker().close(item.key, ctx.actor)
@@ -154,21 +167,24 @@ async def promote(ctx: Ctx, ref: FeedbackRef) -> v.Reply:
     return v.Reply.text(f"Feedback #{ref.id} is now plan item *{key}*.")
 
 
-@group.shortcut("feedback.message", name="Send to opsloop",
-                description="Keep this message as feedback or make it a plan item")
+@group.shortcut(
+    "feedback.message", name="Send to opsloop", description="Keep this message as feedback or make it a plan item"
+)
 async def from_message(ctx: Ctx, call: ShortcutCall) -> None:
     """Message shortcut: open a form prefilled with the message."""
-    await ctx.open_modal(v.Modal(
-        title="Send to opsloop",
-        callback="feedback.message_submit",
-        intro=f"From <@{call.message_user}>'s message" if call.message_user else "From a message",
-        inputs=(
-            v.TextInput("text", "Text", multiline=True, initial=call.message_text[:3000]),
-            v.Choice("as", "Keep it as", (("feedback", "Feedback"), ("plan", "A plan item")), initial="feedback"),
-        ),
-        submit="Send",
-        metadata=ShortcutMeta(channel=call.channel, message_ts=call.message_ts).model_dump_json(),
-    ))
+    await ctx.open_modal(
+        v.Modal(
+            title="Send to opsloop",
+            callback="feedback.message_submit",
+            intro=f"From <@{call.message_user}>'s message" if call.message_user else "From a message",
+            inputs=(
+                v.TextInput("text", "Text", multiline=True, initial=call.message_text[:3000]),
+                v.Choice("as", "Keep it as", (("feedback", "Feedback"), ("plan", "A plan item")), initial="feedback"),
+            ),
+            submit="Send",
+            metadata=ShortcutMeta(channel=call.channel, message_ts=call.message_ts).model_dump_json(),
+        )
+    )
 
 
 @group.submit("feedback.message_submit", metadata=ShortcutMeta, policy="feedback.send")
@@ -193,8 +209,9 @@ async def message_submit(ctx: Ctx, values: dict[str, str | None], meta: Shortcut
 @group.home(order=20)
 async def home(ctx: Ctx) -> list[v.Block]:
     """App Home: the latest feedback."""
-    found = [_fb(r) for r in await ctx.store.read(
-        lambda db: _rows(db, "SELECT * FROM feedback ORDER BY id DESC LIMIT 5"))]
+    found = [
+        _fb(r) for r in await ctx.store.read(lambda db: _rows(db, "SELECT * FROM feedback ORDER BY id DESC LIMIT 5"))
+    ]
     blocks: list[v.Block] = [v.Divider(), v.Header("Recent feedback")]
     if not found:
         blocks.append(v.Section('No feedback yet. `/ops feedback "text"` sends some.'))

@@ -42,16 +42,23 @@ async def close_job(services: Services, jctx: JobCtx) -> None:
     if approval_id:
         text = f"{item.key} is closed."
         await services.post(
-            jctx.job.channel or services.config.channels.default, v.Message(text, (v.Section(text),)),
-            thread_key=f"approval:{approval_id}", dedupe=f"plan.closed:{approval_id}",
+            jctx.job.channel or services.config.channels.default,
+            v.Message(text, (v.Section(text),)),
+            thread_key=f"approval:{approval_id}",
+            dedupe=f"plan.closed:{approval_id}",
         )
 
 
 group.approval("plan.done", job="plan.close", fingerprint=fingerprint)
 
 
-@group.command("plan new", c.text("title"), c.mention("who", optional=True), c.flag("critical"),
-               examples=('plan new "Fix login" @alice', 'plan new "Rotate certs" critical'))
+@group.command(
+    "plan new",
+    c.text("title"),
+    c.mention("who", optional=True),
+    c.flag("critical"),
+    examples=('plan new "Fix login" @alice', 'plan new "Rotate certs" critical'),
+)
 async def new(ctx: Ctx, title: str, who: str | None, critical: bool) -> v.Reply:
     """Create a plan item and post its card here.
 
@@ -61,13 +68,14 @@ async def new(ctx: Ctx, title: str, who: str | None, critical: bool) -> v.Reply:
     return v.Reply.text(f"Created *{item.key}*: {v.esc(item.title)}")
 
 
-@group.command("plan list", c.choice("which", ("open", "mine", "all"), default="open"),
-               examples=("plan list", "plan list mine"))
+@group.command(
+    "plan list", c.choice("which", ("open", "mine", "all"), default="open"), examples=("plan list", "plan list mine")
+)
 async def list_(ctx: Ctx, which: str) -> v.Reply:
     """List plan items: open (default), mine, or all."""
     items = await ctx.tracker().list(ListFilter(which), ctx.actor, limit=20)
     if not items:
-        return v.Reply.text(f"No {which} plan items. Create one with `plan new \"title\"`.")
+        return v.Reply.text(f'No {which} plan items. Create one with `plan new "title"`.')
     blocks: list[v.Block] = [v.Header(f"Plan items ({which})")]
     for it in items:
         who = f"<@{it.assignee}>" if it.assignee else "_unassigned_"
@@ -110,7 +118,8 @@ async def _done(ctx: Ctx, key: str) -> v.Reply:
     rule = ctx.approvals.rule("plan.done")
     if item.critical and rule is not None:
         subject = Subject(
-            f"plan:{item.key}", f"Close *{item.key}* {v.esc(item.title)} (critical)",
+            f"plan:{item.key}",
+            f"Close *{item.key}* {v.esc(item.title)} (critical)",
             await fingerprint(ctx.services, f"plan:{item.key}"),
         )
         where = ctx.config.channels.approvals or ctx.channel
@@ -153,12 +162,16 @@ async def home(ctx: Ctx) -> list[v.Block]:
     items = await ctx.tracker().list(ListFilter.OPEN, ctx.actor, limit=15)
     blocks: list[v.Block] = [v.Header("Open plan items")]
     if not items:
-        blocks.append(v.Section("Nothing open. `/ops plan new \"title\"` creates an item."))
+        blocks.append(v.Section('Nothing open. `/ops plan new "title"` creates an item.'))
         return blocks
     mine = [i for i in items if i.assignee == ctx.actor]
     rest = [i for i in items if i.assignee != ctx.actor]
     for it in [*mine, *rest]:
         who = "you" if it.assignee == ctx.actor else (f"<@{it.assignee}>" if it.assignee else "_unassigned_")
-        blocks.append(v.Section(f"*{it.key}* {v.esc(it.title)} — {who}",
-                                button=v.Button("Done", "plan.done", ItemRef(key=it.key).model_dump_json())))
+        blocks.append(
+            v.Section(
+                f"*{it.key}* {v.esc(it.title)} — {who}",
+                button=v.Button("Done", "plan.done", ItemRef(key=it.key).model_dump_json()),
+            )
+        )
     return blocks
