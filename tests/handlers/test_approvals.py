@@ -1,0 +1,116 @@
+"""The approval engine through the router: quorum, requester excluded, roles, expiry, fingerprint, double clicks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bot.clock import FakeClock
+from bot.router import Click
+from bot.store import rows
+from tests.support import ALICE, BOB, CAROL, DAVE, ConsoleHarness, console_ops
+
+TWO = {"plan.done": {"required": 2, "from": "approvers", "expire_after": "30m"}}
+
+
+async def critical_item(h: ConsoleHarness) -> str:
+    await h.say('plan new "Rotate certs" critical', as_user="alice")
+    await h.say("plan done OPS-1")
+    pending = await h.services.store.read(lambda db: rows(db, "SELECT id FROM approvals WHERE state = 'pending'"))
+    assert len(pending) == 1
+    return str(pending[0]["id"])
+
+
+def approve(h: ConsoleHarness, user: str, approval_id: str, action: str = "approval.approve") -> Click:
+    return Click(actor=user, channel="#approvals", action_id=action, value=f'{{"id": "{approval_id}"}}')
+
+
+async def item_status(h: ConsoleHarness) -> str:
+    return (await h.services.tracker().get("OPS-1")).status.value
+
+
+async def test_two_distinct_approvers_are_needed_and_the_requester_never_counts(tmp_path: Path) -> None:
+    async with console_ops(tmp_path, approvals=TWO) as h:
+        aid = await critical_item(h)
+        r = await h.ops.router.click(approve(h, ALICE, aid), h.ops.surface)
+        assert r is not None and "your vote doesn't count" in r.message.text
+        r = await h.ops.router.click(approve(h, DAVE, aid), h.ops.surface)
+        assert r is not None and "Only members of `approvers`" in r.message.text
+        r = await h.ops.router.click(approve(h, BOB, aid), h.ops.surface)
+        assert r is not None and "1 more needed" in r.message.text
+        r = await h.ops.router.click(approve(h, BOB, aid), h.ops.surface)
+        assert r is not None and "already voted" in r.message.text
+        assert await item_status(h) == "open"
+        r = await h.ops.router.click(approve(h, CAROL, aid), h.ops.surface)  # carol is an approver via @sre
+        assert r is not None and "carrying it out" in r.message.text
+        await h.services.jobs.wait_idle()
+        assert await item_status(h) == "done"
+        refused = await h.services.store.read(
+            lambda db: rows(db, "SELECT actor, reason FROM audit WHERE outcome = 'refused' ORDER BY id"))
+        assert [x["actor"] for x in refused] == [ALICE, DAVE]
+        assert all(x["reason"] for x in refused)
+
+
+async def test_a_storm_of_clicks_runs_the_action_once(tmp_path: Path) -> None:
+    async with console_ops(tmp_path) as h:
+        aid = await critical_item(h)
+        clicks = [approve(h, u, aid) for u in (BOB, CAROL) for _ in range(10)]
+        await asyncio.gather(*(h.ops.router.click(c, h.ops.surface) for c in clicks))
+        await h.services.jobs.wait_idle()
+        executions = await h.services.store.read(lambda db: rows(db, "SELECT * FROM approval_executions"))
+        jobs = await h.services.store.read(lambda db: rows(db, "SELECT * FROM jobs WHERE kind = 'plan.close'"))
+        assert len(executions) == 1 and len(jobs) == 1
+        assert await item_status(h) == "done"
+
+
+async def test_expired_requests_cannot_be_approved_and_their_card_says_so(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with console_ops(tmp_path, clock=clock) as h:
+        aid = await critical_item(h)
+        clock.advance(31 * 60)
+        r = await h.ops.router.click(approve(h, BOB, aid), h.ops.surface)
+        assert r is not None and "expired" in r.message.text
+        await h.services.outbox.drain()
+        assert "Expired: plan.done" in h.text()
+        assert await item_status(h) == "open"
+
+
+async def test_the_sweeper_expires_requests_nobody_clicked(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with console_ops(tmp_path, clock=clock) as h:
+        await critical_item(h)
+        clock.advance(3600)
+        expired = await h.services.approvals.expire_due()
+        assert len(expired) == 1
+        audit = await h.services.audit.recent(1)
+        assert audit[0].outcome == "expired"
+
+
+async def test_a_changed_subject_voids_the_approval(tmp_path: Path) -> None:
+    async with console_ops(tmp_path) as h:
+        aid = await critical_item(h)
+        await h.services.store.write(lambda db: db.execute("UPDATE plan_items SET title = 'Something else'"))
+        r = await h.ops.router.click(approve(h, BOB, aid), h.ops.surface)
+        assert r is not None and "changed after the request" in r.message.text
+        a = await h.services.approvals.get(aid)
+        assert a.state.value == "void"
+        assert await item_status(h) == "open"
+
+
+async def test_reject_closes_the_request(tmp_path: Path) -> None:
+    async with console_ops(tmp_path) as h:
+        aid = await critical_item(h)
+        r = await h.ops.router.click(approve(h, BOB, aid, "approval.reject"), h.ops.surface)
+        assert r is not None and "Rejected" in r.message.text
+        r = await h.ops.router.click(approve(h, CAROL, aid), h.ops.surface)
+        assert r is not None and "already rejected" in r.message.text
+        assert await item_status(h) == "open"
+
+
+async def test_asking_twice_joins_the_open_request(tmp_path: Path) -> None:
+    async with console_ops(tmp_path) as h:
+        await critical_item(h)
+        out = await h.say("plan done OPS-1")
+        assert "already waits for approval" in out
+        n = await h.services.store.read(lambda db: db.execute("SELECT count(*) FROM approvals").fetchone()[0])
+        assert n == 1

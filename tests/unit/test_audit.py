@@ -1,0 +1,72 @@
+"""The audit chain: every edit, deletion or truncation is found and named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.audit import AuditEntry, AuditLog, Outcome
+from bot.clock import FakeClock
+from bot.redact import Redactor
+from bot.store import Store, rows
+
+
+@pytest.fixture
+async def log(tmp_path: Path):  # noqa: ANN201
+    store = Store(tmp_path / "a.db")
+    await store.open()
+    audit = AuditLog(store, Redactor(["s3cr3t-value"]), FakeClock())
+    for i in range(6):
+        await audit.record(AuditEntry(f"U{i}", "plan.new", Outcome.OK, "C1", f"OPS-{i}", None, {"i": i}))
+    yield audit, store
+    await store.close()
+
+
+async def test_an_intact_log_verifies(log) -> None:  # noqa: ANN001
+    audit, _ = log
+    result = await audit.verify()
+    assert result.ok and result.checked == 6
+
+
+@pytest.mark.parametrize(
+    ("tamper", "bad_row", "words"),
+    [
+        ("UPDATE audit SET outcome = 'refused' WHERE id = 3", 3, "edited"),
+        ("UPDATE audit SET detail = '{\"i\": 99}' WHERE id = 5", 5, "edited"),
+        ("DELETE FROM audit WHERE id = 2", 3, "deleted"),
+        ("DELETE FROM audit WHERE id >= 5", 5, "removed from the end"),
+    ],
+)
+async def test_tampering_is_found(log, tamper: str, bad_row: int, words: str) -> None:  # noqa: ANN001
+    audit, store = log
+    await store.write(lambda db: db.execute(tamper))
+    result = await audit.verify()
+    assert not result.ok
+    assert result.first_bad == bad_row
+    assert words in result.problem
+
+
+async def test_a_forged_row_with_a_recomputed_hash_still_breaks_the_link(log) -> None:  # noqa: ANN001
+    audit, store = log
+    # Rewrite row 3 and its own hash consistently: the next row's prev_hash no longer matches.
+    from bot.audit import _digest, _fields
+
+    def forge(db):  # noqa: ANN001, ANN202
+        r = rows(db, "SELECT * FROM audit WHERE id = 3")[0]
+        r["actor"] = "UMALLORY"
+        db.execute("UPDATE audit SET actor = ?, hash = ? WHERE id = 3", (r["actor"], _digest(r["prev_hash"], _fields(r))))
+
+    await store.write(forge)
+    result = await audit.verify()
+    assert not result.ok and result.first_bad == 4
+
+
+async def test_secrets_are_redacted_before_they_are_written(log) -> None:  # noqa: ANN001
+    audit, store = log
+    await audit.record(AuditEntry("U1", "feedback.send", Outcome.OK, "C1",
+                                  'feedback "password=hunter2 and s3cr3t-value"', "token=abc123", {"k": "s3cr3t-value"}))
+    last = (await audit.recent(1))[0]
+    text = f"{last.target} {last.reason} {last.detail}"
+    assert "hunter2" not in text and "s3cr3t" not in text and "abc123" not in text
+    assert (await audit.verify()).ok
