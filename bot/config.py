@@ -179,18 +179,27 @@ def _secret_literals(node: Any, path: str = "") -> list[tuple[str, str]]:
     return problems
 
 
-def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
+def _cross_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """References between sections, checked on the raw data so they show up with the schema errors."""
+
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, dict) else {}
+
     problems: list[tuple[str, str]] = []
-    known_roles = set(cfg.roles) | {EVERYONE}
-    for pattern, roles in cfg.permissions.items():
-        for r in roles:
+    known_roles = set(section("roles")) | {EVERYONE}
+    for pattern, roles in section("permissions").items():
+        for r in roles if isinstance(roles, list) else []:
             if r not in known_roles:
                 problems.append((f"permissions.{pattern}", f"unknown role `{r}`; define it under `roles`"))
-    for key, rule in cfg.approvals.items():
-        if rule.from_ not in cfg.roles:
-            problems.append((f"approvals.{key}.from", f"unknown role `{rule.from_}`; define it under `roles`"))
-    if cfg.console.people and cfg.console.user not in cfg.console.people:
-        problems.append(("console.user", f"`{cfg.console.user}` is not one of console.people"))
+    for key, rule in section("approvals").items():
+        role = rule.get("from") if isinstance(rule, dict) else None
+        if isinstance(role, str) and role not in section("roles"):
+            problems.append((f"approvals.{key}.from", f"unknown role `{role}`; define it under `roles`"))
+    console = section("console")
+    people = console.get("people") if isinstance(console.get("people"), dict) else {}
+    if people and console.get("user", "me") not in people:
+        problems.append(("console.user", f"`{console.get('user', 'me')}` is not one of console.people"))
     return problems
 
 
@@ -211,8 +220,7 @@ def parse_config(data: Any, source: str = "config") -> Config:
             if e["type"] == "extra_forbidden":
                 msg = "unknown key; check the spelling (`opsloop config schema` lists every key)"
             problems.append((path, msg))
-    if cfg is not None:
-        problems.extend(_cross_checks(cfg))
+    problems.extend(_cross_checks(data))
     if problems:
         raise ConfigError(source, problems)
     assert cfg is not None

@@ -328,10 +328,21 @@ class SlackFrontend:
         self._late.add(t)
         t.add_done_callback(self._late.discard)
 
+    def _track_current(self) -> None:
+        # Bolt runs event listeners after its auto-ack in tasks it does not keep; we keep them, so
+        # shutdown and tests can wait for them.
+        task = asyncio.current_task()
+        if task is not None:
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
     async def wait_late(self) -> None:
         """Wait for answers still being worked on (tests, shutdown)."""
-        while self._late:
-            await asyncio.gather(*list(self._late), return_exceptions=True)
+        while True:
+            others = [t for t in self._late if t is not asyncio.current_task()]
+            if not others:
+                return
+            await asyncio.gather(*others, return_exceptions=True)
 
     def register(self, app: AsyncApp) -> None:
         """Attach every listener to the Bolt app."""
@@ -478,6 +489,7 @@ class SlackFrontend:
 
         @app.event("app_mention")
         async def on_mention(event: dict[str, Any]) -> None:
+            self._track_current()
             text = _MENTION_PREFIX.sub("", str(event.get("text", "")), count=1)
             channel = str(event.get("channel", ""))
             thread = event.get("thread_ts") or event.get("ts")
@@ -489,6 +501,7 @@ class SlackFrontend:
 
         @app.event("app_home_opened")
         async def on_home(event: dict[str, Any]) -> None:
+            self._track_current()
             if event.get("tab", "home") == "home":
                 await self.publish_home(str(event.get("user", "")))
 

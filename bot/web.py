@@ -54,7 +54,12 @@ def build_web_app(
     if bolt is not None:
 
         async def slack_events(request: web.Request) -> web.Response:
-            bolt_req = await to_bolt_request(request)
+            try:
+                bolt_req = await to_bolt_request(request)
+            except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+                # Bolt parses the body before it checks the signature; a body it cannot parse is
+                # refused here, before any middleware or listener sees it.
+                return _text(400, "malformed Slack request body")
             return await to_aiohttp_response(await bolt.async_dispatch(bolt_req))
 
         app.router.add_post("/slack/events", slack_events)

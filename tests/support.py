@@ -180,3 +180,25 @@ async def slack_ops(tmp: Path, emu: Any, *, pacing: Pacing | None = None, clock:
     finally:
         await frontend.wait_late()
         await ops.stop()
+
+
+def find_button(blocks: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """A button element by its label in a Block Kit message."""
+    for b in blocks:
+        elements = list(b.get("elements") or [])
+        if b.get("accessory"):
+            elements.append(b["accessory"])
+        for el in elements:
+            if el.get("type") == "button" and el.get("text", {}).get("text") == label:
+                return dict(el)
+    raise AssertionError(f"no button {label!r} in {blocks}")
+
+
+async def click(h: SlackHarness, channel: str, ts: str, label: str, user: str) -> Any:
+    """Press a button of a message the emulator holds, as `user`, through signed HTTP."""
+    msg = h.emu.message(channel, ts)
+    el = find_button(msg.blocks, label)
+    res = await h.emu.send_action(h.url, user_id=user, action_id=el["action_id"], value=el.get("value", ""),
+                                  channel_id=channel, message_ts=ts)
+    await h.settle()
+    return res

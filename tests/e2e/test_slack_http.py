@@ -1,0 +1,172 @@
+"""End to end through Bolt in HTTP mode: signed requests from the Slack emulator, answers back into it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from bot import commands as c
+from bot import views as v
+from bot.app import GROUPS
+from bot.context import Ctx
+from bot.router import CommandGroup
+from bot.store import rows
+from tests.emulators.slack import SlackEmulator
+from tests.support import ALICE, BOB, CAROL, DAVE, SlackHarness, click, slack_ops, slack_workspace
+
+
+@pytest.fixture
+async def emu():  # noqa: ANN201
+    async with SlackEmulator() as e:
+        slack_workspace(e)
+        yield e
+
+
+async def audit_rows(h: SlackHarness) -> list[dict[str, object]]:
+    return await h.services.store.read(lambda db: rows(db, "SELECT actor, action, outcome, reason FROM audit"))
+
+
+async def test_help_is_answered_in_the_ack(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu) as h:
+        res = await h.command("help")
+        assert res.status == 200
+        assert res.json["response_type"] == "ephemeral"
+        assert any("opsloop commands" in json.dumps(b) for b in res.json["blocks"])
+        assert emu.invalid_acks == []
+        assert await audit_rows(h) == [{"actor": ALICE, "action": "core.help", "outcome": "ok", "reason": None}]
+
+
+async def test_plan_card_approval_and_update_in_place(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu) as h:
+        res = await h.command('plan new "Rotate certs" <@U0DAVE|dave> critical')
+        assert "Created *OPS-1*" in json.dumps(res.json)
+        [card] = emu.messages("C0OPS")
+        assert "OPS-1 · Rotate certs" in json.dumps(card.blocks, ensure_ascii=False)
+        await click(h, "C0OPS", card.ts, "Done", ALICE)  # critical: asks for approval
+        [approval] = emu.messages("C0APR")
+        assert "Approval needed" in json.dumps(approval.blocks)
+        await click(h, "C0APR", approval.ts, "Approve", DAVE)  # not an approver: refused, privately
+        assert any("Only members of `approvers`" in e.text and e.user == DAVE for e in emu.ephemerals)
+        await click(h, "C0APR", approval.ts, "Approve", CAROL)  # approver through the @sre user group
+        card_now = emu.message("C0OPS", card.ts)
+        assert "✅ done" in json.dumps(card_now.blocks, ensure_ascii=False)
+        assert card_now.edited_count >= 1 and len(emu.messages("C0OPS")) == 1  # edited, never re-posted
+        assert "Approved: plan.done" in json.dumps(emu.message("C0APR", approval.ts).blocks)
+        assert [m.text for m in emu.replies("C0APR", approval.ts)] == ["OPS-1 is closed."]
+        actions = [(r["actor"], r["action"], r["outcome"]) for r in await audit_rows(h)]
+        assert (DAVE, "click:approval.approve", "refused") in actions
+        assert (CAROL, "approval.approve", "approved") in actions
+        assert (await h.services.audit.verify()).ok
+
+
+async def test_usergroup_membership_is_cached(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu) as h:
+        for _ in range(5):
+            await h.command("whoami", user=CAROL)
+        assert len(emu.calls_to("usergroups.users.list")) == 1
+
+
+async def test_mentions_answer_in_a_thread_and_event_retries_are_ignored(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu) as h:
+        event = emu.app_mention_event("<@UBOT> plan list all", user_id=BOB, channel_id="C0OPS")
+        first = await emu.send_event(h.url, event, event_id="Ev123")
+        again = await emu.send_event(h.url, event, event_id="Ev123", headers={"X-Slack-Retry-Num": "1"})
+        await h.settle()
+        assert first.status == 200 and again.status == 200
+        replies = [m for m in emu.messages("C0OPS") if m.thread_ts == event["ts"]]
+        assert len(replies) == 1 and "No all plan items" in replies[0].text
+
+
+async def test_app_home_is_published_when_opened(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu) as h:
+        await h.command('plan new "Home item" <@U0ALICE|alice>')
+        await emu.send_event(h.url, {"type": "app_home_opened", "user": ALICE, "channel": "D1", "tab": "home",
+                                     "event_ts": f"{time.time():.6f}"})
+        await h.settle()
+        home = emu.home_views[ALICE]
+        assert home["type"] == "home" and "Home item" in json.dumps(home)
+
+
+async def test_message_shortcut_opens_a_form_whose_submit_creates_the_item(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu) as h:
+        ts = emu.add_user_message("C0OPS", "Checkout is slow since the last deploy", user_id=DAVE).ts
+        await emu.send_message_shortcut(h.url, user_id=ALICE, callback_id="feedback.message", channel_id="C0OPS",
+                                        message_ts=ts)
+        await h.settle()
+        [view] = [vw for vw in emu.views.values() if vw.get("callback_id") == "feedback.message_submit"]
+        assert "Checkout is slow" in json.dumps(view)
+        empty = await emu.send_view_submission(
+            h.url, user_id=ALICE, callback_id="feedback.message_submit", view_id=view["id"],
+            private_metadata=view["private_metadata"],
+            values={"text": {"text": {"type": "plain_text_input", "value": "  "}},
+                    "as": {"as": {"type": "radio_buttons", "selected_option": {"value": "plan"}}}})
+        assert empty.json == {"response_action": "errors", "errors": {"text": "Write something to send."}}
+        ok = await emu.send_view_submission(
+            h.url, user_id=ALICE, callback_id="feedback.message_submit", view_id=view["id"],
+            private_metadata=view["private_metadata"],
+            values={"text": {"text": {"type": "plain_text_input", "value": "Checkout is slow"}},
+                    "as": {"as": {"type": "radio_buttons", "selected_option": {"value": "plan"}}}})
+        assert ok.status == 200 and not ok.body_text.strip()
+        await h.settle()
+        assert (await h.services.tracker().get("OPS-1")).title == "Checkout is slow"
+        assert any("now plan item" in e.text for e in emu.ephemerals if e.user == ALICE)
+
+
+async def test_slow_work_is_acked_at_once_and_answered_later(tmp_path: Path, emu: SlackEmulator) -> None:
+    slow = CommandGroup("slow", "test")
+
+    @slow.command("slow thing", c.number("seconds", optional=True, default=3, max=10))
+    async def slow_thing(ctx: Ctx, seconds: int) -> v.Reply:
+        """Take a while."""
+        await asyncio.sleep(seconds)
+        return v.Reply.text("finally done")
+
+    from bot.app import build_slack
+    from tests.support import make_config, make_env
+
+    cfg = make_config(tmp_path / "s.db")
+    env = make_env(tmp_path, SLACK_BOT_TOKEN=emu.bot_token, SLACK_SIGNING_SECRET=emu.signing_secret,
+                   SLACK_API_URL=emu.api_url)
+    from bot.outbox import Pacing
+
+    ops, bolt, frontend = await build_slack(cfg, env, groups=(*GROUPS, slow), pacing=Pacing.unpaced())
+    await ops.start()
+    port = await ops.serve_http("127.0.0.1", 0, bolt=bolt)
+    try:
+        h = SlackHarness(ops, frontend, emu, f"http://127.0.0.1:{port}/slack/events")
+        res = await emu.send_command(h.url, "slow thing 3", user_id=ALICE)
+        assert res.status == 200 and res.elapsed_seconds < 3.0
+        assert "Working on it" in res.body_text
+        await h.settle()
+        assert [r.body.get("text") for r in emu.responses] == ["finally done"]
+    finally:
+        await frontend.wait_late()
+        await ops.stop()
+
+
+@pytest.mark.parametrize("variant", ["forged", "unsigned", "replayed", "wrong_secret", "malformed"])
+async def test_unverified_requests_are_refused_and_reach_no_handler(
+    tmp_path: Path, emu: SlackEmulator, variant: str
+) -> None:
+    async with slack_ops(tmp_path, emu) as h:
+        body = emu.command_body("plan new \"evil\"", user_id=ALICE)
+        if variant == "forged":
+            headers = emu.sign(body)
+            res = await emu.send(h.url, body.replace("evil", "EVIL"), signed=False, headers=headers)
+        elif variant == "unsigned":
+            res = await emu.send(h.url, body, signed=False)
+        elif variant == "replayed":
+            res = await emu.send(h.url, body, timestamp=int(time.time()) - 301)
+        elif variant == "wrong_secret":
+            other = SlackEmulator(signing_secret="not-the-secret")
+            res = await emu.send(h.url, body, signed=False, headers=other.sign(body))
+        else:
+            res = await emu.send(h.url, "payload=%7Bnot-json", content_type="application/x-www-form-urlencoded")
+        await h.settle()
+        assert res.status in (400, 401), res
+        assert await audit_rows(h) == []
+        assert emu.messages("C0OPS") == [] and emu.calls_to("chat.postMessage") == []

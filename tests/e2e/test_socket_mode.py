@@ -1,0 +1,56 @@
+"""End to end in Socket Mode: Bolt's AsyncSocketModeHandler against the emulator's websocket."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+from bot.app import build_slack
+from bot.outbox import Pacing
+from bot.store import rows
+from tests.emulators.slack import SlackEmulator
+from tests.support import ALICE, BOB, find_button, make_config, make_env, slack_workspace
+
+
+async def test_commands_and_clicks_over_the_socket(tmp_path: Path) -> None:
+    async with SlackEmulator() as emu:
+        slack_workspace(emu)
+        cfg = make_config(tmp_path / "s.db")
+        env = make_env(tmp_path, SLACK_BOT_TOKEN=emu.bot_token, SLACK_APP_TOKEN=emu.app_token,
+                       SLACK_API_URL=emu.api_url)
+        ops, bolt, frontend = await build_slack(cfg, env, pacing=Pacing.unpaced())
+        await ops.start()
+        handler = AsyncSocketModeHandler(bolt, app_token=env.app_token)
+        await handler.connect_async()
+        try:
+            await emu.wait_socket_connected()
+            ack = await emu.socket_command("help", user_id=ALICE)
+            assert ack is not None
+            assert "opsloop commands" in json.dumps(ack["payload"])
+
+            ack = await emu.socket_command('plan new "Socket item" critical', user_id=ALICE)
+            assert ack is not None and "Created *OPS-1*" in json.dumps(ack["payload"])
+            await ops.services.outbox.drain()
+            [card] = emu.messages("C0OPS")
+            done = find_button(card.blocks, "Done")
+            ack = await emu.socket_action(user_id=ALICE, action_id=done["action_id"], value=done["value"],
+                                          channel_id="C0OPS", message_ts=card.ts)
+            assert ack is not None
+            await frontend.wait_late()
+            await ops.services.outbox.drain()
+            [approval] = emu.messages("C0APR")
+            approve = find_button(approval.blocks, "Approve")
+            await emu.socket_action(user_id=BOB, action_id=approve["action_id"], value=approve["value"],
+                                    channel_id="C0APR", message_ts=approval.ts)
+            await frontend.wait_late()
+            await ops.services.jobs.wait_idle()
+            await ops.services.outbox.drain()
+            assert (await ops.services.tracker().get("OPS-1")).status.value == "done"
+            audit = await ops.services.store.read(lambda db: rows(db, "SELECT action FROM audit"))
+            assert [a["action"] for a in audit].count("approval.approve") == 1
+        finally:
+            await handler.close_async()
+            await frontend.wait_late()
+            await ops.stop()
