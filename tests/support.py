@@ -86,7 +86,7 @@ class ConsoleHarness:
         self.mark = 0
 
     @property
-    def services(self):  # noqa: ANN201
+    def services(self):
         return self.ops.services
 
     async def say(self, line: str, *, as_user: str | None = None) -> str:
@@ -109,7 +109,7 @@ class ConsoleHarness:
 
 
 @asynccontextmanager
-async def console_ops(tmp: Path, clock: Clock | None = None, **overrides: Any):  # noqa: ANN201
+async def console_ops(tmp: Path, clock: Clock | None = None, **overrides: Any):
     cfg = make_config(tmp / "opsloop.db", **overrides)
     env = make_env(tmp)
     buf = io.StringIO()
@@ -150,7 +150,7 @@ class SlackHarness:
         self.ops, self.frontend, self.emu, self.url = ops, frontend, emu, url
 
     @property
-    def services(self):  # noqa: ANN201
+    def services(self):
         return self.ops.services
 
     async def settle(self) -> None:
@@ -165,13 +165,17 @@ class SlackHarness:
 
 
 @asynccontextmanager
-async def slack_ops(tmp: Path, emu: Any, *, pacing: Pacing | None = None, clock: Clock | None = None,
-                    **overrides: Any):  # noqa: ANN201
+async def slack_ops(tmp: Path, emu: Any, *, pacing: Pacing | None = None, clock: Clock | None = None, **overrides: Any):
     from bot.app import build_slack
 
     cfg = make_config(tmp / "opsloop.db", **overrides)
-    env = make_env(tmp, SLACK_BOT_TOKEN=emu.bot_token, SLACK_SIGNING_SECRET=emu.signing_secret,
-                   SLACK_API_URL=emu.api_url, OPSLOOP_WEBHOOK_TOKEN="hook-secret-123")
+    env = make_env(
+        tmp,
+        SLACK_BOT_TOKEN=emu.bot_token,
+        SLACK_SIGNING_SECRET=emu.signing_secret,
+        SLACK_API_URL=emu.api_url,
+        OPSLOOP_WEBHOOK_TOKEN="hook-secret-123",
+    )
     ops, bolt, frontend = await build_slack(cfg, env, pacing=pacing or Pacing.unpaced(), clock=clock)
     await ops.start()
     port = await ops.serve_http("127.0.0.1", 0, bolt=bolt)
@@ -198,7 +202,8 @@ async def click(h: SlackHarness, channel: str, ts: str, label: str, user: str) -
     """Press a button of a message the emulator holds, as `user`, through signed HTTP."""
     msg = h.emu.message(channel, ts)
     el = find_button(msg.blocks, label)
-    res = await h.emu.send_action(h.url, user_id=user, action_id=el["action_id"], value=el.get("value", ""),
-                                  channel_id=channel, message_ts=ts)
+    res = await h.emu.send_action(
+        h.url, user_id=user, action_id=el["action_id"], value=el.get("value", ""), channel_id=channel, message_ts=ts
+    )
     await h.settle()
     return res

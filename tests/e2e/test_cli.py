@@ -16,11 +16,19 @@ from tests.support import clean_environ, config_data, free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def opsloop(*args: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path = ROOT,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def opsloop(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     environ = {**clean_environ(), "OPSLOOP_HTTP_PORT": "0", "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bot", *args], input=stdin, capture_output=True, text=True,
-                          env=environ, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def write_config(tmp: Path, **overrides: object) -> Path:
@@ -31,14 +39,19 @@ def write_config(tmp: Path, **overrides: object) -> Path:
 
 def test_console_reads_commands_from_stdin_and_exits_cleanly(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
-    script = "\n".join([
-        'plan new "Scripted item" critical',
-        "plan done OPS-1",
-        "/as bob",
-        "click 3",
-        "plan list all",
-        "frobnicate",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                'plan new "Scripted item" critical',
+                "plan done OPS-1",
+                "/as bob",
+                "click 3",
+                "plan list all",
+                "frobnicate",
+            ]
+        )
+        + "\n"
+    )
     res = opsloop("console", "--config", str(cfg), stdin=script)
     assert res.returncode == 0, res.stderr
     out = res.stdout
@@ -51,8 +64,13 @@ def test_console_reads_commands_from_stdin_and_exits_cleanly(tmp_path: Path) -> 
 
 
 def test_demo_config_runs_in_the_console(tmp_path: Path) -> None:
-    res = opsloop("console", "--config", str(ROOT / "examples" / "demo.yml"), stdin="help\nwhoami\n",
-                  env={"OPSLOOP_DB": str(tmp_path / "demo.db")})
+    res = opsloop(
+        "console",
+        "--config",
+        str(ROOT / "examples" / "demo.yml"),
+        stdin="help\nwhoami\n",
+        env={"OPSLOOP_DB": str(tmp_path / "demo.db")},
+    )
     assert res.returncode == 0, res.stderr
     assert "opsloop commands" in res.stdout and "U0ALICE" in res.stdout
 
@@ -95,8 +113,12 @@ def test_locked_database_is_a_clear_error_at_start(tmp_path: Path) -> None:
 def test_check_reports_reachability(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, integrations={"jenkins": {"url": "http://127.0.0.1:1"}})
     port = free_port()
-    res = opsloop("check", "--config", str(cfg),
-                  env={"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_API_URL": f"http://127.0.0.1:{port}/api/"})
+    res = opsloop(
+        "check",
+        "--config",
+        str(cfg),
+        env={"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_API_URL": f"http://127.0.0.1:{port}/api/"},
+    )
     assert res.returncode == 1
     assert "ok   storage.path" in res.stdout
     assert "FAIL SLACK_API_URL: cannot reach" in res.stdout
@@ -123,7 +145,11 @@ def test_audit_verify_names_the_first_broken_row(tmp_path: Path) -> None:
 
 
 def test_python_dash_m_bot_is_the_same_program() -> None:
-    res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "opsloop"), "--help"], capture_output=True,
-                         text=True, env={**clean_environ(), "COLUMNS": "200"})
+    res = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "opsloop"), "--help"],
+        capture_output=True,
+        text=True,
+        env={**clean_environ(), "COLUMNS": "200"},
+    )
     assert res.returncode == 0 and "console" in res.stdout and "audit" in res.stdout
     assert res.stdout == opsloop("--help").stdout

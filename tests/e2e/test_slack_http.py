@@ -20,7 +20,7 @@ from tests.support import ALICE, BOB, CAROL, DAVE, SlackHarness, click, slack_op
 
 
 @pytest.fixture
-async def emu():  # noqa: ANN201
+async def emu():
     async with SlackEmulator() as e:
         slack_workspace(e)
         yield e
@@ -84,8 +84,16 @@ async def test_mentions_answer_in_a_thread_and_event_retries_are_ignored(tmp_pat
 async def test_app_home_is_published_when_opened(tmp_path: Path, emu: SlackEmulator) -> None:
     async with slack_ops(tmp_path, emu) as h:
         await h.command('plan new "Home item" <@U0ALICE|alice>')
-        await emu.send_event(h.url, {"type": "app_home_opened", "user": ALICE, "channel": "D1", "tab": "home",
-                                     "event_ts": f"{time.time():.6f}"})
+        await emu.send_event(
+            h.url,
+            {
+                "type": "app_home_opened",
+                "user": ALICE,
+                "channel": "D1",
+                "tab": "home",
+                "event_ts": f"{time.time():.6f}",
+            },
+        )
         await h.settle()
         home = emu.home_views[ALICE]
         assert home["type"] == "home" and "Home item" in json.dumps(home)
@@ -94,22 +102,35 @@ async def test_app_home_is_published_when_opened(tmp_path: Path, emu: SlackEmula
 async def test_message_shortcut_opens_a_form_whose_submit_creates_the_item(tmp_path: Path, emu: SlackEmulator) -> None:
     async with slack_ops(tmp_path, emu) as h:
         ts = emu.add_user_message("C0OPS", "Checkout is slow since the last deploy", user_id=DAVE).ts
-        await emu.send_message_shortcut(h.url, user_id=ALICE, callback_id="feedback.message", channel_id="C0OPS",
-                                        message_ts=ts)
+        await emu.send_message_shortcut(
+            h.url, user_id=ALICE, callback_id="feedback.message", channel_id="C0OPS", message_ts=ts
+        )
         await h.settle()
         [view] = [vw for vw in emu.views.values() if vw.get("callback_id") == "feedback.message_submit"]
         assert "Checkout is slow" in json.dumps(view)
         empty = await emu.send_view_submission(
-            h.url, user_id=ALICE, callback_id="feedback.message_submit", view_id=view["id"],
+            h.url,
+            user_id=ALICE,
+            callback_id="feedback.message_submit",
+            view_id=view["id"],
             private_metadata=view["private_metadata"],
-            values={"text": {"text": {"type": "plain_text_input", "value": "  "}},
-                    "as": {"as": {"type": "radio_buttons", "selected_option": {"value": "plan"}}}})
+            values={
+                "text": {"text": {"type": "plain_text_input", "value": "  "}},
+                "as": {"as": {"type": "radio_buttons", "selected_option": {"value": "plan"}}},
+            },
+        )
         assert empty.json == {"response_action": "errors", "errors": {"text": "Write something to send."}}
         ok = await emu.send_view_submission(
-            h.url, user_id=ALICE, callback_id="feedback.message_submit", view_id=view["id"],
+            h.url,
+            user_id=ALICE,
+            callback_id="feedback.message_submit",
+            view_id=view["id"],
             private_metadata=view["private_metadata"],
-            values={"text": {"text": {"type": "plain_text_input", "value": "Checkout is slow"}},
-                    "as": {"as": {"type": "radio_buttons", "selected_option": {"value": "plan"}}}})
+            values={
+                "text": {"text": {"type": "plain_text_input", "value": "Checkout is slow"}},
+                "as": {"as": {"type": "radio_buttons", "selected_option": {"value": "plan"}}},
+            },
+        )
         assert ok.status == 200 and not ok.body_text.strip()
         await h.settle()
         assert (await h.services.tracker().get("OPS-1")).title == "Checkout is slow"
@@ -129,8 +150,9 @@ async def test_slow_work_is_acked_at_once_and_answered_later(tmp_path: Path, emu
     from tests.support import make_config, make_env
 
     cfg = make_config(tmp_path / "s.db")
-    env = make_env(tmp_path, SLACK_BOT_TOKEN=emu.bot_token, SLACK_SIGNING_SECRET=emu.signing_secret,
-                   SLACK_API_URL=emu.api_url)
+    env = make_env(
+        tmp_path, SLACK_BOT_TOKEN=emu.bot_token, SLACK_SIGNING_SECRET=emu.signing_secret, SLACK_API_URL=emu.api_url
+    )
     from bot.outbox import Pacing
 
     ops, bolt, frontend = await build_slack(cfg, env, groups=(*GROUPS, slow), pacing=Pacing.unpaced())
@@ -153,7 +175,7 @@ async def test_unverified_requests_are_refused_and_reach_no_handler(
     tmp_path: Path, emu: SlackEmulator, variant: str
 ) -> None:
     async with slack_ops(tmp_path, emu) as h:
-        body = emu.command_body("plan new \"evil\"", user_id=ALICE)
+        body = emu.command_body('plan new "evil"', user_id=ALICE)
         if variant == "forged":
             headers = emu.sign(body)
             res = await emu.send(h.url, body.replace("evil", "EVIL"), signed=False, headers=headers)

@@ -18,8 +18,9 @@ async def test_commands_and_clicks_over_the_socket(tmp_path: Path) -> None:
     async with SlackEmulator() as emu:
         slack_workspace(emu)
         cfg = make_config(tmp_path / "s.db")
-        env = make_env(tmp_path, SLACK_BOT_TOKEN=emu.bot_token, SLACK_APP_TOKEN=emu.app_token,
-                       SLACK_API_URL=emu.api_url)
+        env = make_env(
+            tmp_path, SLACK_BOT_TOKEN=emu.bot_token, SLACK_APP_TOKEN=emu.app_token, SLACK_API_URL=emu.api_url
+        )
         ops, bolt, frontend = await build_slack(cfg, env, pacing=Pacing.unpaced())
         await ops.start()
         handler = AsyncSocketModeHandler(bolt, app_token=env.app_token)
@@ -35,15 +36,21 @@ async def test_commands_and_clicks_over_the_socket(tmp_path: Path) -> None:
             await ops.services.outbox.drain()
             [card] = emu.messages("C0OPS")
             done = find_button(card.blocks, "Done")
-            ack = await emu.socket_action(user_id=ALICE, action_id=done["action_id"], value=done["value"],
-                                          channel_id="C0OPS", message_ts=card.ts)
+            ack = await emu.socket_action(
+                user_id=ALICE, action_id=done["action_id"], value=done["value"], channel_id="C0OPS", message_ts=card.ts
+            )
             assert ack is not None
             await frontend.wait_late()
             await ops.services.outbox.drain()
             [approval] = emu.messages("C0APR")
             approve = find_button(approval.blocks, "Approve")
-            await emu.socket_action(user_id=BOB, action_id=approve["action_id"], value=approve["value"],
-                                    channel_id="C0APR", message_ts=approval.ts)
+            await emu.socket_action(
+                user_id=BOB,
+                action_id=approve["action_id"],
+                value=approve["value"],
+                channel_id="C0APR",
+                message_ts=approval.ts,
+            )
             await frontend.wait_late()
             await ops.services.jobs.wait_idle()
             await ops.services.outbox.drain()

@@ -50,7 +50,7 @@ async def splunk_hook(services: Services, payload: Any) -> HookResult:
 
 
 @pytest.fixture
-async def server(tmp_path: Path):  # noqa: ANN201
+async def server(tmp_path: Path):
     env = make_env(tmp_path, OPSLOOP_WEBHOOK_TOKEN=TOKEN)
     ops, _ = await build_console(make_config(tmp_path / "w.db"), env, groups=(*GROUPS, probe), pacing=Pacing.unpaced())
     await ops.start()
@@ -67,7 +67,7 @@ async def probe_rows(ops: Any) -> list[str]:
     return [r["ref"] for r in await ops.services.store.read(lambda db: rows(db, "SELECT ref FROM events"))]
 
 
-async def test_a_good_hook_is_stored(server) -> None:  # noqa: ANN001
+async def test_a_good_hook_is_stored(server) -> None:
     ops, http = server
     r = await http.post("/hooks/probe", json={"name": "a", "count": 3}, headers=AUTH)
     assert r.status == 202 and (await r.json())["message"] == "stored 3"
@@ -87,7 +87,7 @@ async def test_a_good_hook_is_stored(server) -> None:  # noqa: ANN001
     ],
 )
 async def test_bad_requests_get_a_reason_and_store_nothing(
-    server, headers: dict[str, str], body: bytes, status: int, words: str  # noqa: ANN001
+    server, headers: dict[str, str], body: bytes, status: int, words: str
 ) -> None:
     ops, http = server
     r = await http.post("/hooks/probe", data=body, headers={"Content-Type": "application/json", **headers})
@@ -96,7 +96,7 @@ async def test_bad_requests_get_a_reason_and_store_nothing(
     assert await probe_rows(ops) == []
 
 
-async def test_unknown_sources_and_query_tokens(server) -> None:  # noqa: ANN001
+async def test_unknown_sources_and_query_tokens(server) -> None:
     _, http = server
     r = await http.post("/hooks/nope", json={}, headers=AUTH)
     assert r.status == 404 and "known: probe, splunk" in (await r.json())["message"]
@@ -118,7 +118,7 @@ async def test_hooks_are_off_without_a_token(tmp_path: Path) -> None:
         await ops.stop()
 
 
-async def test_healthz_and_metrics(server) -> None:  # noqa: ANN001
+async def test_healthz_and_metrics(server) -> None:
     ops, http = server
     from bot.router import Invocation
 

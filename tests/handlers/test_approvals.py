@@ -46,7 +46,8 @@ async def test_two_distinct_approvers_are_needed_and_the_requester_never_counts(
         await h.services.jobs.wait_idle()
         assert await item_status(h) == "done"
         refused = await h.services.store.read(
-            lambda db: rows(db, "SELECT actor, reason FROM audit WHERE outcome = 'refused' ORDER BY id"))
+            lambda db: rows(db, "SELECT actor, reason FROM audit WHERE outcome = 'refused' ORDER BY id")
+        )
         assert [x["actor"] for x in refused] == [ALICE, DAVE]
         assert all(x["reason"] for x in refused)
 

@@ -87,8 +87,14 @@ async def test_message_shortcut_form_becomes_a_plan_item(tmp_path: Path) -> None
     from bot.router import ShortcutCall
 
     async with console_ops(tmp_path) as h:
-        call = ShortcutCall(actor=ALICE, callback="feedback.message", channel="#ops", message_ts="1.2",
-                            message_text="Login is slow since Tuesday", message_user=DAVE)
+        call = ShortcutCall(
+            actor=ALICE,
+            callback="feedback.message",
+            channel="#ops",
+            message_ts="1.2",
+            message_text="Login is slow since Tuesday",
+            message_user=DAVE,
+        )
         await h.ops.router.shortcut(call, h.ops.surface)
         # The console turns the form into prompts: keep the text, choose "A plan item".
         h.session._reader = _Scripted(["", "2"])  # type: ignore[assignment]
@@ -112,14 +118,15 @@ class _Scripted:
     def __init__(self, lines: list[str]) -> None:
         self.lines = list(lines)
 
-    def ask(self, prompt: str, fut) -> None:  # noqa: ANN001
+    def ask(self, prompt: str, fut) -> None:
         fut.set_result(self.lines.pop(0) if self.lines else None)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                    HealthCheck.too_slow])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(text=st.text(max_size=60))
-def test_fuzz_any_command_gets_an_answer_never_a_crash(tmp_path_factory, text: str) -> None:  # noqa: ANN001
+def test_fuzz_any_command_gets_an_answer_never_a_crash(tmp_path_factory, text: str) -> None:
     import asyncio
 
     async def run() -> None:

@@ -13,7 +13,7 @@ from bot.store import Store, rows
 
 
 @pytest.fixture
-async def log(tmp_path: Path):  # noqa: ANN201
+async def log(tmp_path: Path):
     store = Store(tmp_path / "a.db")
     await store.open()
     audit = AuditLog(store, Redactor(["s3cr3t-value"]), FakeClock())
@@ -23,7 +23,7 @@ async def log(tmp_path: Path):  # noqa: ANN201
     await store.close()
 
 
-async def test_an_intact_log_verifies(log) -> None:  # noqa: ANN001
+async def test_an_intact_log_verifies(log) -> None:
     audit, _ = log
     result = await audit.verify()
     assert result.ok and result.checked == 6
@@ -38,7 +38,7 @@ async def test_an_intact_log_verifies(log) -> None:  # noqa: ANN001
         ("DELETE FROM audit WHERE id >= 5", 5, "removed from the end"),
     ],
 )
-async def test_tampering_is_found(log, tamper: str, bad_row: int, words: str) -> None:  # noqa: ANN001
+async def test_tampering_is_found(log, tamper: str, bad_row: int, words: str) -> None:
     audit, store = log
     await store.write(lambda db: db.execute(tamper))
     result = await audit.verify()
@@ -47,25 +47,36 @@ async def test_tampering_is_found(log, tamper: str, bad_row: int, words: str) ->
     assert words in result.problem
 
 
-async def test_a_forged_row_with_a_recomputed_hash_still_breaks_the_link(log) -> None:  # noqa: ANN001
+async def test_a_forged_row_with_a_recomputed_hash_still_breaks_the_link(log) -> None:
     audit, store = log
     # Rewrite row 3 and its own hash consistently: the next row's prev_hash no longer matches.
     from bot.audit import _digest, _fields
 
-    def forge(db):  # noqa: ANN001, ANN202
+    def forge(db):
         r = rows(db, "SELECT * FROM audit WHERE id = 3")[0]
         r["actor"] = "UMALLORY"
-        db.execute("UPDATE audit SET actor = ?, hash = ? WHERE id = 3", (r["actor"], _digest(r["prev_hash"], _fields(r))))
+        db.execute(
+            "UPDATE audit SET actor = ?, hash = ? WHERE id = 3", (r["actor"], _digest(r["prev_hash"], _fields(r)))
+        )
 
     await store.write(forge)
     result = await audit.verify()
     assert not result.ok and result.first_bad == 4
 
 
-async def test_secrets_are_redacted_before_they_are_written(log) -> None:  # noqa: ANN001
-    audit, store = log
-    await audit.record(AuditEntry("U1", "feedback.send", Outcome.OK, "C1",
-                                  'feedback "password=hunter2 and s3cr3t-value"', "token=abc123", {"k": "s3cr3t-value"}))
+async def test_secrets_are_redacted_before_they_are_written(log) -> None:
+    audit, _ = log
+    await audit.record(
+        AuditEntry(
+            "U1",
+            "feedback.send",
+            Outcome.OK,
+            "C1",
+            'feedback "password=hunter2 and s3cr3t-value"',
+            "token=abc123",
+            {"k": "s3cr3t-value"},
+        )
+    )
     last = (await audit.recent(1))[0]
     text = f"{last.target} {last.reason} {last.detail}"
     assert "hunter2" not in text and "s3cr3t" not in text and "abc123" not in text

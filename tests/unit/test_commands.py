@@ -84,12 +84,21 @@ def test_did_you_mean_for_typos_and_unknown_verbs() -> None:
 
 
 def test_numbers_pairs_durations_and_rest() -> None:
-    s = spec("x run", c.number("n", optional=True, default=5, max=10), c.pairs(), c.duration("d", optional=True),
-             c.rest("query", optional=True))
+    s = spec(
+        "x run",
+        c.number("n", optional=True, default=5, max=10),
+        c.pairs(),
+        c.duration("d", optional=True),
+        c.rest("query", optional=True),
+    )
     g = c.Grammar([s])
     p = g.parse("x run 3 branch=main 2h30m up{job=x} > 1")
-    assert p.args == {"n": 3, "params": {"branch": "main"}, "d": timedelta(hours=2, minutes=30),
-                      "query": "up{job=x} > 1"}
+    assert p.args == {
+        "n": 3,
+        "params": {"branch": "main"},
+        "d": timedelta(hours=2, minutes=30),
+        "query": "up{job=x} > 1",
+    }
     with pytest.raises(UsageError, match="between 1 and 10"):
         g.parse("x run 11")
     with pytest.raises(UsageError, match="not a duration"):
@@ -109,8 +118,31 @@ def test_usage_lines_are_generated_from_parameters() -> None:
 
 
 # Any text at all gets either a parse or a UsageError: never another exception.
-_words = st.sampled_from(["plan", "new", "list", "show", "done", "assign", "feedback", "help", "audit", "whoami",
-                          "mine", "critical", "OPS-1", "@bob", "<@U1|x>", '"', "“", "k=v", "12", "-1", "#3"])
+_words = st.sampled_from(
+    [
+        "plan",
+        "new",
+        "list",
+        "show",
+        "done",
+        "assign",
+        "feedback",
+        "help",
+        "audit",
+        "whoami",
+        "mine",
+        "critical",
+        "OPS-1",
+        "@bob",
+        "<@U1|x>",
+        '"',
+        "“",
+        "k=v",
+        "12",
+        "-1",
+        "#3",
+    ]
+)
 
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)

@@ -59,8 +59,13 @@ def test_yaml_errors_and_missing_files_are_sentences(tmp_path: Path) -> None:
 
 
 def test_environment_contract(tmp_path: Path) -> None:
-    env = Env.read({"SLACK_API_URL": "http://127.0.0.1:9/api", "OPSLOOP_HTTP_PORT": "8080",
-                    "OPSLOOP_CONFIG": str(tmp_path / "c.yml")})
+    env = Env.read(
+        {
+            "SLACK_API_URL": "http://127.0.0.1:9/api",
+            "OPSLOOP_HTTP_PORT": "8080",
+            "OPSLOOP_CONFIG": str(tmp_path / "c.yml"),
+        }
+    )
     assert env.api_url == "http://127.0.0.1:9/api/"
     assert env.http_port == 8080 and env.http_host == "127.0.0.1"
     assert Env.read({}).api_url == "https://slack.com/api/"

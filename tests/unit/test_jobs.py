@@ -27,7 +27,7 @@ class Notices:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):  # noqa: ANN201
+async def store(tmp_path: Path):
     s = Store(tmp_path / "j.db")
     await s.open()
     yield s

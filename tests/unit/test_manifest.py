@@ -28,7 +28,8 @@ def test_manifest_declares_what_is_served() -> None:
     assert m["settings"]["interactivity"]["is_enabled"] and m["features"]["app_home"]["home_tab_enabled"]
     assert {"app_mention", "app_home_opened"} <= set(m["settings"]["event_subscriptions"]["bot_events"])
     assert {"commands", "chat:write", "app_mentions:read", "usergroups:read", "users:read"} <= set(
-        m["oauth_config"]["scopes"]["bot"])
+        m["oauth_config"]["scopes"]["bot"]
+    )
     for s in m["features"]["shortcuts"]:
         assert len(s["name"]) <= 24 and len(s["description"]) <= 150
 

@@ -17,8 +17,16 @@ from bot.store import Store, rows
 from tests.emulators.slack import SlackEmulator
 from tests.support import slack_workspace
 
-FAST = Pacing(post_per_channel=50, post_burst=5, update_per_second=100, update_burst=10, other_per_second=100,
-              other_burst=10, backoff_base=0.02, backoff_max=0.2)
+FAST = Pacing(
+    post_per_channel=50,
+    post_burst=5,
+    update_per_second=100,
+    update_burst=10,
+    other_per_second=100,
+    other_burst=10,
+    backoff_base=0.02,
+    backoff_max=0.2,
+)
 
 
 def msg(text: str) -> dict[str, object]:
@@ -26,19 +34,25 @@ def msg(text: str) -> dict[str, object]:
 
 
 @pytest.fixture
-async def emu():  # noqa: ANN201
+async def emu():
     async with SlackEmulator() as e:
         slack_workspace(e)
         yield e
 
 
 @pytest.fixture
-async def box(tmp_path: Path, emu: SlackEmulator):  # noqa: ANN201
+async def box(tmp_path: Path, emu: SlackEmulator):
     store = Store(tmp_path / "o.db")
     await store.open()
     metrics = Metrics()
-    ob = Outbox(store, SlackTransport(web_client(emu.bot_token, emu.api_url)), metrics, SystemClock(),
-                Redactor(["sekrit-token-value"]), FAST)
+    ob = Outbox(
+        store,
+        SlackTransport(web_client(emu.bot_token, emu.api_url)),
+        metrics,
+        SystemClock(),
+        Redactor(["sekrit-token-value"]),
+        FAST,
+    )
     await ob.start()
     yield ob
     await ob.stop()
@@ -146,8 +160,14 @@ async def test_pacing_stays_under_slacks_per_channel_limit(tmp_path: Path, emu: 
     # never sees a 429 even when 8 messages are queued at once.
     store = Store(tmp_path / "p.db")
     await store.open()
-    ob = Outbox(store, SlackTransport(web_client(emu.bot_token, emu.api_url)), Metrics(), SystemClock(),
-                Redactor(), Pacing(post_per_channel=1.0, post_burst=4))
+    ob = Outbox(
+        store,
+        SlackTransport(web_client(emu.bot_token, emu.api_url)),
+        Metrics(),
+        SystemClock(),
+        Redactor(),
+        Pacing(post_per_channel=1.0, post_burst=4),
+    )
     await ob.start()
     try:
         for i in range(7):
@@ -160,9 +180,7 @@ async def test_pacing_stays_under_slacks_per_channel_limit(tmp_path: Path, emu: 
     assert emu.rate_limited_count == 0
 
 
-async def test_a_post_that_reached_slack_before_a_crash_is_not_posted_again(
-    tmp_path: Path, emu: SlackEmulator
-) -> None:
+async def test_a_post_that_reached_slack_before_a_crash_is_not_posted_again(tmp_path: Path, emu: SlackEmulator) -> None:
     # Simulate the crash window: the row is `sending` and Slack has the message (with our marker).
     store = Store(tmp_path / "c.db")
     await store.open()

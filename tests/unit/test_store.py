@@ -14,7 +14,7 @@ from bot.store import Store, rows
 
 
 @pytest.fixture
-async def store(tmp_path: Path):  # noqa: ANN201
+async def store(tmp_path: Path):
     s = Store(tmp_path / "s.db")
     await s.open()
     yield s
@@ -22,7 +22,7 @@ async def store(tmp_path: Path):  # noqa: ANN201
 
 
 async def test_concurrent_writes_share_commits_and_all_land(store: Store) -> None:
-    def ins(i: int):  # noqa: ANN202
+    def ins(i: int):
         return lambda db: db.execute("INSERT INTO events (at, kind) VALUES (?, 'x')", (i,)).lastrowid
 
     ids = await asyncio.gather(*(store.write(ins(i)) for i in range(500)))
@@ -33,7 +33,7 @@ async def test_concurrent_writes_share_commits_and_all_land(store: Store) -> Non
 
 
 async def test_a_failing_write_rolls_back_alone(store: Store) -> None:
-    def bad(db):  # noqa: ANN001, ANN202
+    def bad(db):
         db.execute("INSERT INTO events (at, kind) VALUES (1, 'bad')")
         raise RuntimeError("boom")
 
