@@ -21,6 +21,7 @@ from adapters.tracker_local import LocalTracker
 from bot import views as v
 from bot.approvals import Approvals
 from bot.audit import AuditLog
+from bot.blocking import BlockingPool
 from bot.clock import Clock, SystemClock
 from bot.config import Config, Env, database_path
 from bot.console import ConsoleDirectory, ConsoleScreen, ConsoleSession, ConsoleSurface, ConsoleTransport
@@ -143,6 +144,7 @@ class Opsloop:
             await self._runner.cleanup()
         await self.services.jobs.stop()
         await self.services.outbox.stop()
+        self.services.blocking.close()
         await self.store.close()
 
 
@@ -159,6 +161,7 @@ async def build(
 ) -> Opsloop:
     """Wire everything for one transport; the store is opened (migrations applied) here."""
     clock = clock or SystemClock()
+    blocking = BlockingPool()  # every adapter on a sync library shares it (bounded, with timeouts)
     redactor = Redactor(secret_values(config, env))
     store = Store(database_path(config, env))
     await store.open()
@@ -183,6 +186,7 @@ async def build(
         metrics=metrics,
         redactor=redactor,
         trackers=trackers,
+        blocking=blocking,
     )
     ref.append(services)
     router = Router(groups, services)

@@ -9,6 +9,7 @@ from bot import rendering
 from bot import views as v
 from bot.approvals import Approvals
 from bot.audit import AuditEntry, AuditLog, Outcome
+from bot.blocking import BlockingPool
 from bot.clock import Clock
 from bot.config import Config
 from bot.errors import NotConfigured
@@ -45,6 +46,7 @@ class Services:
     metrics: Metrics
     redactor: Redactor
     trackers: dict[str, Tracker] = field(default_factory=dict)
+    blocking: BlockingPool = field(default_factory=BlockingPool)
 
     async def post(
         self,

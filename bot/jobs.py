@@ -186,7 +186,7 @@ class JobRunner:
             self._idle.set()
 
     def _gauge(self) -> None:
-        self._metrics.jobs.labels(state="active").set(len(self._tasks))
+        self._metrics.jobs.labels(state="in_process").set(len(self._tasks))
 
     async def _set(self, job_id: int, state: JobState, error: str | None = None, *, bump: bool = False) -> None:
         now = self._clock.now()
@@ -285,6 +285,14 @@ class JobRunner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def count_states(self) -> dict[str, int]:
+        """Jobs by state (also published as the `opsloop_jobs` gauge)."""
+        found = await self._store.read(lambda db: rows(db, "SELECT state, count(*) AS n FROM jobs GROUP BY state"))
+        counts = {str(s): 0 for s in JobState} | {r["state"]: int(r["n"]) for r in found}
+        for state, n in counts.items():
+            self._metrics.jobs.labels(state=state).set(n)
+        return counts
 
     async def get(self, job_id: int) -> Job | None:
         """A job by id."""

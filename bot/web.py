@@ -126,6 +126,7 @@ def build_web_app(
 
     async def metrics_view(request: web.Request) -> web.Response:
         await services.outbox.depth()
+        await services.jobs.count_states()
         return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
 
     app.router.add_get("/healthz", healthz)

@@ -131,5 +131,6 @@ async def test_healthz_and_metrics(server) -> None:
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     assert 'opsloop_commands_total{id="core.help",outcome="ok"} 1.0' in text
     assert 'opsloop_commands_total{id="insights.audit",outcome="refused"} 1.0' in text
+    assert 'opsloop_jobs{state="failed"} 0.0' in text
     for name in ("opsloop_outbox_depth", "opsloop_ack_seconds", "opsloop_slack_ratelimited_total", "opsloop_jobs"):
         assert name in text
