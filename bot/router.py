@@ -293,6 +293,12 @@ class Router:
     def _ctx(self, surface: Surface, actor: str, channel: str, **kw: Any) -> Ctx:
         return Ctx(actor=actor, channel=channel, services=self.services, surface=surface, router=self, **kw)
 
+    async def _authorize(self, actor: str, key: str) -> None:
+        """The one permission check of commands, clicks, submits and shortcuts."""
+        decision = await self.services.policy.check(actor, key)
+        if not decision.allowed:
+            raise NotAllowed(decision.reason)
+
     async def _resolve(self, args: dict[str, Any]) -> dict[str, Any]:
         out = dict(args)
         for k, val in args.items():
@@ -362,9 +368,7 @@ class Router:
         try:
             parsed = self.grammar.parse(text)
             action = parsed.command.id
-            decision = await self.services.policy.check(inv.actor, action)
-            if not decision.allowed:
-                raise NotAllowed(decision.reason)
+            await self._authorize(inv.actor, action)
             args = await self._resolve(parsed.args)
             ctx = self._ctx(
                 surface,
@@ -405,9 +409,7 @@ class Router:
                     value = spec.value.model_validate_json(click.value or "{}")
                 except ValidationError:
                     raise UserError("This button's data is not valid any more; run the command again.") from None
-            decision = await self.services.policy.check(click.actor, spec.policy)
-            if not decision.allowed:
-                raise NotAllowed(decision.reason)
+            await self._authorize(click.actor, spec.policy)
             ctx = self._ctx(
                 surface,
                 click.actor,
@@ -439,9 +441,7 @@ class Router:
                     meta = spec.metadata.model_validate_json(sub.metadata or "{}")
                 except ValidationError:
                     raise UserError("This form's data is not valid any more; open it again.") from None
-            decision = await self.services.policy.check(sub.actor, spec.policy)
-            if not decision.allowed:
-                raise NotAllowed(decision.reason)
+            await self._authorize(sub.actor, spec.policy)
             ctx = self._ctx(surface, sub.actor, channel, source="submit")
             reply = await spec.handler(ctx, dict(sub.values), meta)
         except SubmitErrors as e:
@@ -460,9 +460,7 @@ class Router:
             spec = self.shortcuts.get(call.callback)
             if spec is None:
                 raise UserError("opsloop has no such shortcut any more.")
-            decision = await self.services.policy.check(call.actor, spec.policy)
-            if not decision.allowed:
-                raise NotAllowed(decision.reason)
+            await self._authorize(call.actor, spec.policy)
             ctx = self._ctx(
                 surface,
                 call.actor,
