@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 GROUPS: tuple[CommandGroup, ...] = (core.group, plan.group, feedback.group, insights.group)
 SWEEP_SECONDS = 30.0
+EVENT_MEMORY = 2 * 86400.0
+OUTBOX_MEMORY = 7 * 86400.0
 
 
 def secret_values(config: Config, env: Env) -> list[str]:
@@ -113,8 +115,21 @@ class Opsloop:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
                 await self.services.approvals.expire_due()
+                await self.prune()
             except Exception:
-                log.exception("approval sweep failed")
+                log.exception("periodic sweep failed")
+
+    async def prune(self) -> None:
+        """Forget what is only kept for deduplication once it is old enough not to come back."""
+        now = self.services.clock.now()
+
+        def tx(db: Any) -> None:
+            # Slack retries an event for at most a few minutes (hours with Delayed Events on).
+            db.execute("DELETE FROM seen_events WHERE at < ?", (now - EVENT_MEMORY,))
+            # Delivered writes keep their dedupe key for a week; message_refs stay for good.
+            db.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (now - OUTBOX_MEMORY,))
+
+        await self.services.store.write(tx)
 
     async def health(self) -> dict[str, Any]:
         """What /healthz reports."""

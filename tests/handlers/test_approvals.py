@@ -115,3 +115,24 @@ async def test_asking_twice_joins_the_open_request(tmp_path: Path) -> None:
         assert "already waits for approval" in out
         n = await h.services.store.read(lambda db: db.execute("SELECT count(*) FROM approvals").fetchone()[0])
         assert n == 1
+
+
+async def test_prune_forgets_old_dedupe_rows_only(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with console_ops(tmp_path, clock=clock) as h:
+        await h.say('plan new "x"')
+        now = clock.now()
+        await h.services.store.write(
+            lambda db: db.conn.executemany(
+                "INSERT INTO seen_events (id, at) VALUES (?, ?)", [("old", now - 3 * 86400), ("new", now)]
+            )
+        )
+        clock.advance(8 * 86400)
+        await h.services.store.write(
+            lambda db: db.execute("INSERT INTO seen_events (id, at) VALUES ('fresh', ?)", (clock.now(),))
+        )
+        await h.ops.prune()
+        left = await h.services.store.read(lambda db: rows(db, "SELECT id FROM seen_events ORDER BY id"))
+        assert [r["id"] for r in left] == ["fresh"]
+        assert await h.services.store.read(lambda db: rows(db, "SELECT * FROM outbox")) == []
+        assert len(await h.services.store.read(lambda db: rows(db, "SELECT * FROM message_refs"))) == 1
