@@ -114,7 +114,8 @@ def _blocks(blocks: tuple[v.Block, ...], ids: _Ids) -> list[Any]:
                     kw["accessory"] = _button(b.button, ids)
                 out.append(SectionBlock(**kw))
         elif isinstance(b, v.Context):
-            out.append(ContextBlock(elements=[_md(t) for t in b.texts[:10]]))
+            if b.texts:
+                out.append(ContextBlock(elements=[_md(t) for t in b.texts[:10]]))
         elif isinstance(b, v.Divider):
             out.append(DividerBlock())
         elif isinstance(b, v.Actions):
