@@ -17,7 +17,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -104,7 +105,7 @@ async def serve_slack() -> None:
 def main(argv: list[str]) -> int:
     """`python -m bench.servers KIND [API_URL]`."""
     logging.basicConfig(level=logging.WARNING)
-    kinds: dict[str, Callable[[], Awaitable[None]]] = {
+    kinds: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "bare": lambda: serve(bare_app()),
         "bolt": lambda: serve(bolt_app(argv[1])),
         "slack": serve_slack,

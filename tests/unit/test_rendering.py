@@ -28,8 +28,9 @@ GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 def golden(name: str, payload: dict[str, object]) -> None:
     path = GOLDEN / f"{name}.json"
     text = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    if os.environ.get("OPSLOOP_GOLDEN") == "update" or not path.exists():
+    if os.environ.get("OPSLOOP_GOLDEN") == "update":
         path.write_text(text)
+    assert path.exists(), f"no golden file {path.name}; create it with OPSLOOP_GOLDEN=update"
     assert path.read_text() == text, f"{name} changed; if intended, regenerate with OPSLOOP_GOLDEN=update"
 
 
