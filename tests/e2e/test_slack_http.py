@@ -37,6 +37,9 @@ async def test_help_is_answered_in_the_ack(tmp_path: Path, emu: SlackEmulator) -
         assert res.json["response_type"] == "ephemeral"
         assert any("opsloop commands" in json.dumps(b) for b in res.json["blocks"])
         assert emu.invalid_acks == []
+        samples = h.services.metrics.registry
+        assert samples.get_sample_value("opsloop_ack_seconds_count", {"kind": "command"}) == 1
+        assert samples.get_sample_value("opsloop_acks_total", {"kind": "command"}) == 1
         assert await audit_rows(h) == [{"actor": ALICE, "action": "core.help", "outcome": "ok", "reason": None}]
 
 
