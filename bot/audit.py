@@ -7,10 +7,11 @@ edited, removed or added out of band, including rows cut from the end.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,43 +80,78 @@ def _fields(r: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AuditLog:
-    """Writes and verifies the audit chain."""
+    """Writes and verifies the audit chain.
+
+    Entries recorded in the same pass of the event loop share one write (one transaction, one read of
+    the chain head, one executemany); each caller still waits until its entry is committed.
+    """
 
     def __init__(self, store: SqlStore, redactor: Redactor, clock: Clock) -> None:
         self._store = store
         self._redact = redactor
         self._clock = clock
+        self._pending: list[tuple[AuditEntry, float, asyncio.Future[None]]] = []
 
     def append_in(self, db: Database, entry: AuditEntry) -> None:
         """Append inside a write that is already running, so the decision and its record commit together."""
+        self._append_many(db, [(entry, self._clock.now())])
+
+    def _append_many(self, db: Database, entries: Sequence[tuple[AuditEntry, float]]) -> None:
         head = one(db, "SELECT id, hash FROM audit_head WHERE one = 1")
         prev_id, prev_hash = (head["id"], head["hash"]) if head else (0, GENESIS)
-        row = {
-            "id": prev_id + 1,
-            "at": self._clock.now(),
-            "actor": entry.actor,
-            "channel": entry.channel,
-            "action": entry.action,
-            "target": self._redact.text(entry.target) if entry.target else entry.target,
-            "outcome": str(entry.outcome),
-            "reason": self._redact.text(entry.reason) if entry.reason else entry.reason,
-            "detail": json.dumps(self._redact.value(dict(entry.detail)), sort_keys=True, default=str),
-        }
-        digest = _digest(prev_hash, row)
-        db.execute(
+        out = []
+        for entry, at in entries:
+            prev_id += 1
+            row = {
+                "id": prev_id,
+                "at": at,
+                "actor": entry.actor,
+                "channel": entry.channel,
+                "action": entry.action,
+                "target": self._redact.text(entry.target) if entry.target else entry.target,
+                "outcome": str(entry.outcome),
+                "reason": self._redact.text(entry.reason) if entry.reason else entry.reason,
+                "detail": json.dumps(self._redact.value(dict(entry.detail)), sort_keys=True, default=str),
+            }
+            digest = _digest(prev_hash, row)
+            out.append((*row.values(), prev_hash, digest))
+            prev_hash = digest
+        db.conn.executemany(
             "INSERT INTO audit (id, at, actor, channel, action, target, outcome, reason, detail, prev_hash, hash)"
-            " VALUES (:id, :at, :actor, :channel, :action, :target, :outcome, :reason, :detail, :prev, :hash)",
-            {**row, "prev": prev_hash, "hash": digest},
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            out,
         )
         db.execute(
             "INSERT INTO audit_head (one, id, hash) VALUES (1, ?, ?)"
             " ON CONFLICT(one) DO UPDATE SET id = excluded.id, hash = excluded.hash",
-            (row["id"], digest),
+            (prev_id, prev_hash),
         )
 
     async def record(self, entry: AuditEntry) -> None:
-        """Append one entry (committed when this returns)."""
-        await self._store.write(lambda db: self.append_in(db, entry))
+        """Append one entry; returns once it is committed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((entry, self._clock.now(), fut))
+        await fut
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        entries = [(e, at) for e, at, _ in batch]
+        written = self._store.submit(lambda db: self._append_many(db, entries))
+
+        def settle(done: asyncio.Future[None]) -> None:
+            err = done.exception()
+            for _, _, fut in batch:
+                if fut.done():  # that caller was cancelled; the entry is written all the same
+                    continue
+                if err is not None:
+                    fut.set_exception(err)
+                else:
+                    fut.set_result(None)
+
+        written.add_done_callback(settle)
 
     async def recent(self, n: int = 10) -> list[AuditRow]:
         """The newest `n` rows, newest first."""

@@ -96,9 +96,10 @@ async def _run(config: Config, env: Env) -> int:
         port = await ops.serve_http(env.http_host, env.http_port, bolt=None if socket_mode else bolt)
         handler = None
         if socket_mode:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+            from bot.slack import TimedSocketModeHandler
 
-            handler = AsyncSocketModeHandler(bolt, app_token=env.app_token)
+            assert env.app_token is not None
+            handler = TimedSocketModeHandler(bolt, env.app_token, ops.services.metrics)
             await handler.connect_async()  # type: ignore[no-untyped-call]
             log.info("Socket Mode connected; webhooks, /healthz and /metrics on http://%s:%d", env.http_host, port)
         else:

@@ -438,16 +438,31 @@ class Outbox:
         ref = await self.ref(r["thread_key"])
         return ref.ts if ref else None
 
-    async def _deliver(self, r: dict[str, Any]) -> None:
+    def _claim(self, db: Database, row_id: int, now: float) -> dict[str, Any] | None:
+        # Only a pending row is ours to send, and what we send is what it holds now: the list of
+        # heads was read a moment ago, and since then the row may have been delivered (by a delivery
+        # that finished meanwhile) or given a newer payload (coalescing).
+        cur = db.execute(
+            "UPDATE outbox SET state = 'sending', started_at = ? WHERE id = ? AND state = 'pending'", (now, row_id)
+        )
+        if cur.rowcount != 1:
+            return None
+        return one(db, "SELECT * FROM outbox WHERE id = ?", (row_id,))
+
+    async def _deliver(self, head: dict[str, Any]) -> None:
+        r: dict[str, Any] | None = head
         try:
-            await self._deliver_one(r)
+            r = await self._store.write(partial(self._claim, row_id=head["id"], now=self._clock.now()))
+            if r is not None:
+                await self._deliver_one(r)
         except DeliveryError as err:
+            assert r is not None
             await self._failed(r, err)
         except Exception as err:  # a bug or an unexpected library error: keep the row, retry later
-            log.exception("outbox: delivering row %s raised", r["id"])
-            await self._failed(r, DeliveryError(f"{type(err).__name__}: {err}", retryable=True))
+            log.exception("outbox: delivering row %s raised", head["id"])
+            await self._failed(r or head, DeliveryError(f"{type(err).__name__}: {err}", retryable=True))
         finally:
-            self._busy.discard(r["channel"])
+            self._busy.discard(head["channel"])
             self._wake.set()
 
     async def _deliver_one(self, r: dict[str, Any]) -> None:
@@ -456,12 +471,6 @@ class Outbox:
         t = self.transport
         if op is Op.POST:
             thread_ts = r["thread_ts"] or await self._thread_ts(r)
-            started = self._clock.now()
-            await self._store.write(
-                lambda db: db.execute(
-                    "UPDATE outbox SET state = 'sending', started_at = ? WHERE id = ?", (started, r["id"])
-                )
-            )
             channel, ts = await t.post(r["channel"], payload, thread_ts=thread_ts, marker=self._marker(r))
             await self._store.write(lambda db: self._mark_sent(db, r, channel, ts))
             if r["ref_key"]:

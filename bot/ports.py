@@ -6,6 +6,7 @@ cross a port are our own frozen dataclasses, never raw JSON or client-library ob
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class SqlStore(Protocol):
     async def read(self, fn: Callable[[Any], T]) -> T: ...
 
     async def write(self, fn: Callable[[Any], T]) -> T: ...
+
+    def submit(self, fn: Callable[[Any], T]) -> asyncio.Future[T]:
+        """Queue a write without waiting; the future resolves when it is committed."""
+        ...
 
 
 # --- plan -------------------------------------------------------------------------------------------

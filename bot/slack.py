@@ -12,14 +12,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
-from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
@@ -28,11 +27,13 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from bot import rendering
 from bot import views as v
 from bot.context import Services
+from bot.metrics import Metrics
 from bot.outbox import MARKER_EVENT, DeliveryError, Payload
 from bot.ports import AdapterError, AdapterNotFound, AdapterUnavailable, Person
 from bot.router import Click, Invocation, Router, ShortcutCall, Submission, SubmitErrors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ACK_DEADLINE = 2.5
 SLASH_COMMAND = "/ops"
@@ -310,31 +311,48 @@ class SlackFrontend:
         self.surface = SlackSurface(client)
         self._late: set[asyncio.Task[Any]] = set()
 
-    async def _within_deadline(self, coro: Awaitable[Any]) -> tuple[bool, asyncio.Task[Any]]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+    async def _in_time(
+        self,
+        work: Coroutine[Any, Any, T],
+        ack_now: Callable[[T], Awaitable[None]],
+        ack_early: Callable[[], Awaitable[None]],
+        deliver_late: Callable[[T], Awaitable[None]],
+    ) -> None:
+        """Ack with the result if it is ready within ACK_DEADLINE; otherwise ack now and deliver it later.
+
+        Bolt answers Slack when this listener returns (process_before_response), so slow work must not
+        hold it: the work runs as its own task, and the listener waits for it at most ACK_DEADLINE."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(work)
         self._late.add(task)
         task.add_done_callback(self._late.discard)
-        done, _ = await asyncio.wait({task}, timeout=ACK_DEADLINE)
-        return bool(done), task
+        waiter: asyncio.Future[None] = loop.create_future()
 
-    def _later(self, task: asyncio.Task[Any], deliver: Callable[[Any], Awaitable[None]]) -> None:
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task.add_done_callback(wake)
+        timer = loop.call_later(ACK_DEADLINE, wake)
+        await waiter
+        timer.cancel()
+        if task.done():
+            await ack_now(task.result())
+            return
+        await ack_early()
+
         async def finish() -> None:
             try:
-                await deliver(await task)
+                await deliver_late(await task)
             except Exception:
                 log.exception("delivering a late answer failed")
 
-        t = asyncio.ensure_future(finish())
-        self._late.add(t)
-        t.add_done_callback(self._late.discard)
+        self._spawn(finish())
 
-    def _track_current(self) -> None:
-        # Bolt runs event listeners after its auto-ack in tasks it does not keep; we keep them, so
-        # shutdown and tests can wait for them.
-        task = asyncio.current_task()
-        if task is not None:
-            self._late.add(task)
-            task.add_done_callback(self._late.discard)
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
 
     async def wait_late(self) -> None:
         """Wait for answers still being worked on (tests, shutdown)."""
@@ -346,35 +364,6 @@ class SlackFrontend:
 
     def register(self, app: AsyncApp) -> None:
         """Attach every listener to the Bolt app."""
-        metrics = self.services.metrics
-        store = self.services.store
-
-        async def timing(
-            req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
-        ) -> BoltResponse:
-            started = time.perf_counter()
-            body = req.body
-            kind = str(body.get("type") or ("command" if "command" in body else "other"))
-            if kind == "event_callback":
-                event_id = body.get("event_id")
-                if event_id:
-                    now = time.time()
-                    fresh = await store.write(
-                        lambda db: (
-                            db.execute(
-                                "INSERT OR IGNORE INTO seen_events (id, at) VALUES (?, ?)", (event_id, now)
-                            ).rowcount
-                        )
-                    )
-                    if not fresh:  # a retry of an event we already have: ack, do nothing twice
-                        metrics.acks.labels(kind="event_retry").inc()
-                        return BoltResponse(status=200, body="")
-            result = await next()
-            metrics.acks.labels(kind=kind).inc()
-            metrics.ack_seconds.labels(kind=kind).observe(time.perf_counter() - started)
-            return result
-
-        app.middleware(timing)
 
         @app.command(SLASH_COMMAND)
         async def on_command(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
@@ -386,21 +375,21 @@ class SlackFrontend:
                 trigger_id=body.get("trigger_id"),
                 response_url=body.get("response_url"),
             )
-            done, task = await self._within_deadline(self.router.command(inv, self.surface))
-            if done:
-                await ack(**rendering.reply(task.result()))
-                return
-            await ack(text="Working on it…", response_type="ephemeral")
             url = inv.response_url
+
+            async def ack_reply(reply: v.Reply) -> None:
+                await ack(**rendering.reply(reply))
+
+            async def ack_working() -> None:
+                await ack(text="Working on it…", response_type="ephemeral")
 
             async def deliver(reply: v.Reply) -> None:
                 if url:
-                    await self.services.store.write(
-                        lambda db: self.services.outbox.respond_in(db, url, rendering.reply(reply))
-                    )
+                    payload = rendering.reply(reply)
+                    await self.services.store.write(lambda db: self.services.outbox.respond_in(db, url, payload))
                     self.services.outbox.kick()
 
-            self._later(task, deliver)
+            await self._in_time(self.router.command(inv, self.surface), ack_reply, ack_working, deliver)
 
         @app.action(re.compile(r".+"))
         async def on_action(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
@@ -417,8 +406,6 @@ class SlackFrontend:
                 trigger_id=body.get("trigger_id"),
                 response_url=body.get("response_url"),
             )
-            done, task = await self._within_deadline(self.router.click(click, self.surface))
-            await ack()
 
             async def deliver(reply: v.Reply | None) -> None:
                 if reply is not None:
@@ -428,10 +415,14 @@ class SlackFrontend:
                 if _field(body, "container", "type") == "view" and _field(body, "view", "type") == "home":
                     await self.publish_home(click.actor)
 
-            if done:
-                await deliver(task.result())
-            else:
-                self._later(task, deliver)
+            async def ack_then_deliver(reply: v.Reply | None) -> None:
+                await ack()
+                await deliver(reply)
+
+            async def ack_empty() -> None:
+                await ack()
+
+            await self._in_time(self.router.click(click, self.surface), ack_then_deliver, ack_empty, deliver)
 
         @app.view(re.compile(r".+"))
         async def on_submit(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
@@ -445,30 +436,45 @@ class SlackFrontend:
             sub = Submission(
                 actor=actor, callback=str(view.get("callback_id", "")), values=submission_values(view), metadata=meta
             )
-            done, task = await self._within_deadline(self.router.submit(sub, self.surface, channel))
-            if done:
+
+            async def work() -> v.Reply | SubmitErrors | None:
                 try:
-                    reply = task.result()
+                    return await self.router.submit(sub, self.surface, channel)
                 except SubmitErrors as err:
-                    await ack(response_action="errors", errors=err.errors)
+                    return err
+
+            async def deliver(result: v.Reply | SubmitErrors | None) -> None:
+                if isinstance(result, v.Reply):
+                    await self.services.outbox.ephemeral(channel, actor, rendering.message(result.message))
+                elif isinstance(result, SubmitErrors):  # too late to show by the fields: say it instead
+                    await self.services.outbox.ephemeral(
+                        channel,
+                        actor,
+                        rendering.message(
+                            v.Message(
+                                f"The form was not accepted: {result}",
+                                (v.Section(f"The form was not accepted: {result}"),),
+                            )
+                        ),
+                    )
+
+            async def ack_result(result: v.Reply | SubmitErrors | None) -> None:
+                if isinstance(result, SubmitErrors):
+                    await ack(response_action="errors", errors=result.errors)
                     return
                 await ack()
-                if reply is not None:
-                    await self.services.outbox.ephemeral(channel, actor, rendering.message(reply.message))
-                return
-            await ack()
+                await deliver(result)
 
-            async def deliver(reply: v.Reply | None) -> None:
-                if reply is not None:
-                    await self.services.outbox.ephemeral(channel, actor, rendering.message(reply.message))
+            async def ack_empty() -> None:
+                await ack()
 
-            self._later(task, deliver)
+            await self._in_time(work(), ack_result, ack_empty, deliver)
 
         for sc in self.router.shortcuts.values():
 
             @app.shortcut(sc.callback)
             async def on_shortcut(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
-                # Ack first: the handler opens a form, and the trigger must be used within 3 seconds.
+                # Ack at once and open the form from a task: the trigger is only good for 3 seconds.
                 await ack()
                 msg = body.get("message") or {}
                 call = ShortcutCall(
@@ -481,15 +487,22 @@ class SlackFrontend:
                     trigger_id=body.get("trigger_id"),
                     response_url=body.get("response_url"),
                 )
-                reply = await self.router.shortcut(call, self.surface)
-                if reply is not None:
-                    await self.services.outbox.ephemeral(
-                        call.channel or call.actor, call.actor, rendering.message(reply.message)
-                    )
+                self._spawn(shortcut(call))
+
+        async def shortcut(call: ShortcutCall) -> None:
+            reply = await self.router.shortcut(call, self.surface)
+            if reply is not None:
+                await self.services.outbox.ephemeral(
+                    call.channel or call.actor, call.actor, rendering.message(reply.message)
+                )
 
         @app.event("app_mention")
-        async def on_mention(event: dict[str, Any]) -> None:
-            self._track_current()
+        async def on_mention(event: dict[str, Any], body: dict[str, Any]) -> None:
+            self._spawn(mention(event, body))
+
+        async def mention(event: dict[str, Any], body: dict[str, Any]) -> None:
+            if not await self._first_delivery(body):
+                return
             text = _MENTION_PREFIX.sub("", str(event.get("text", "")), count=1)
             channel = str(event.get("channel", ""))
             thread = event.get("thread_ts") or event.get("ts")
@@ -500,8 +513,12 @@ class SlackFrontend:
             await self.services.post(channel, reply.message, thread_ts=thread)
 
         @app.event("app_home_opened")
-        async def on_home(event: dict[str, Any]) -> None:
-            self._track_current()
+        async def on_home(event: dict[str, Any], body: dict[str, Any]) -> None:
+            self._spawn(home_opened(event, body))
+
+        async def home_opened(event: dict[str, Any], body: dict[str, Any]) -> None:
+            if not await self._first_delivery(body):
+                return
             if event.get("tab", "home") == "home":
                 await self.publish_home(str(event.get("user", "")))
 
@@ -510,10 +527,46 @@ class SlackFrontend:
             # Subscribed for DMs with the app; commands come through /ops and mentions.
             return None
 
+    async def _first_delivery(self, body: Mapping[str, Any]) -> bool:
+        """False for a retry of an event already taken (Slack retries events it thinks we missed)."""
+        event_id = body.get("event_id")
+        if not event_id:
+            return True
+        now = time.time()
+        fresh = await self.services.store.write(
+            lambda db: db.execute("INSERT OR IGNORE INTO seen_events (id, at) VALUES (?, ?)", (event_id, now)).rowcount
+        )
+        if not fresh:
+            self.services.metrics.acks.labels(kind="event_retry").inc()
+        return bool(fresh)
+
     async def publish_home(self, user: str) -> None:
         """Render the App Home of `user` and queue its publish."""
         view = await self.router.home(user, self.surface)
         await self.services.outbox.publish_home(user, rendering.home(view))
+
+
+def request_kind(body: Mapping[str, Any]) -> str:
+    """`command`, `block_actions`, `view_submission`, `event_callback`, …: the label of ack metrics."""
+    kind = body.get("type")
+    if isinstance(kind, str) and kind:
+        return kind
+    return "command" if "command" in body else "other"
+
+
+class TimedSocketModeHandler(AsyncSocketModeHandler):
+    """Bolt's Socket Mode handler, counting acks and their latency like the HTTP endpoint does."""
+
+    def __init__(self, app: AsyncApp, app_token: str, metrics: Metrics) -> None:
+        super().__init__(app, app_token=app_token)
+        self.metrics = metrics
+
+    async def handle(self, client: Any, req: Any) -> None:
+        started = time.perf_counter()
+        await super().handle(client, req)
+        kind = request_kind(req.payload if isinstance(req.payload, Mapping) else {})
+        self.metrics.acks.labels(kind=kind).inc()
+        self.metrics.ack_seconds.labels(kind=kind).observe(time.perf_counter() - started)
 
 
 def bolt_app(client: AsyncWebClient, signing_secret: str | None) -> AsyncApp:
@@ -522,6 +575,8 @@ def bolt_app(client: AsyncWebClient, signing_secret: str | None) -> AsyncApp:
         client=client,
         signing_secret=signing_secret or "socket-mode-has-no-signing-secret",
         request_verification_enabled=True,
-        process_before_response=False,
+        # Bolt answers when the listener returns: no extra task and no 10 ms ack polling per request.
+        # Our listeners ack within ACK_DEADLINE and hand anything slower to tasks they own.
+        process_before_response=True,
         raise_error_for_unhandled_request=False,
     )

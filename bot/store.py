@@ -195,12 +195,16 @@ class Store:
 
     async def write(self, fn: Callable[[Database], T]) -> T:
         """Run `fn(db)` on the writer thread; return once its transaction is committed."""
+        return await self.submit(fn)
+
+    def submit(self, fn: Callable[[Database], T]) -> asyncio.Future[T]:
+        """Queue `fn(db)` for the writer thread; the future resolves once it is committed."""
         if self._writer is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Item(fn, fut, loop))
-        return await fut
+        return fut
 
     async def read(self, fn: Callable[[Database], T]) -> T:
         """Run `fn(db)` on a read-only connection (sees every committed write)."""

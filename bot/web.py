@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.context import Services
 from bot.router import Router
+from bot.slack import request_kind
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,12 @@ def build_web_app(
                 # Bolt parses the body before it checks the signature; a body it cannot parse is
                 # refused here, before any middleware or listener sees it.
                 return _text(400, "malformed Slack request body")
-            return await to_aiohttp_response(await bolt.async_dispatch(bolt_req))
+            started = time.perf_counter()
+            response = await bolt.async_dispatch(bolt_req)
+            kind = request_kind(bolt_req.body)
+            metrics.acks.labels(kind=kind).inc()
+            metrics.ack_seconds.labels(kind=kind).observe(time.perf_counter() - started)
+            return await to_aiohttp_response(response)
 
         app.router.add_post("/slack/events", slack_events)
 

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import weakref
+
 from pydantic import BaseModel
 
 from bot import commands as c
 from bot import views as v
 from bot.context import Ctx
 from bot.errors import UsageError
-from bot.router import CommandGroup
+from bot.router import CommandGroup, Router
 
 group = CommandGroup("core", "Help, who you are, approvals.")
+_HELP: weakref.WeakKeyDictionary[Router, dict[str | None, v.Reply]] = weakref.WeakKeyDictionary()
 
 
 @group.command("help", c.word("topic", optional=True, metavar="STAGE"), id="core.help", examples=("help", "help plan"))
 async def help_(ctx: Ctx, topic: str | None) -> v.Reply:
     """List what I can do; `help STAGE` shows one stage in detail."""
+    # The registry is fixed once the router exists, so each topic's help is built once.
+    cache = _HELP.setdefault(ctx.router, {})
+    key = topic.lower() if topic else None
+    if key not in cache:
+        cache[key] = _build_help(ctx, topic)
+    return cache[key]
+
+
+def _build_help(ctx: Ctx, topic: str | None) -> v.Reply:
     groups = [g for g in ctx.router.groups if any(not s.hidden for s in g.commands)]
     if topic is None:
         blocks: list[v.Block] = [

@@ -124,7 +124,7 @@ async def console_ops(tmp: Path, clock: Clock | None = None, **overrides: Any):
 
 def clean_environ() -> dict[str, str]:
     """The environment without Slack settings or proxies (slack_sdk ignores NO_PROXY)."""
-    drop = re.compile(r"^(SLACK_|OPSLOOP_(?!REQUIRE_SERVERS)|HTTPS?_PROXY$|https?_proxy$|ALL_PROXY$|all_proxy$)")
+    drop = re.compile(r"^(SLACK_|OPSLOOP_(?!REQUIRE_SERVERS|GOLDEN)|HTTPS?_PROXY$|https?_proxy$|ALL_PROXY$|all_proxy$)")
     return {k: v for k, v in os.environ.items() if not drop.match(k)}
 
 

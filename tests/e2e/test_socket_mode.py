@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
 from bot.app import build_slack
 from bot.outbox import Pacing
+from bot.slack import TimedSocketModeHandler
 from bot.store import rows
 from tests.emulators.slack import SlackEmulator
 from tests.support import ALICE, BOB, find_button, make_config, make_env, slack_workspace
@@ -23,13 +22,15 @@ async def test_commands_and_clicks_over_the_socket(tmp_path: Path) -> None:
         )
         ops, bolt, frontend = await build_slack(cfg, env, pacing=Pacing.unpaced())
         await ops.start()
-        handler = AsyncSocketModeHandler(bolt, app_token=env.app_token)
+        assert env.app_token is not None
+        handler = TimedSocketModeHandler(bolt, env.app_token, ops.services.metrics)
         await handler.connect_async()
         try:
             await emu.wait_socket_connected()
             ack = await emu.socket_command("help", user_id=ALICE)
             assert ack is not None
             assert "opsloop commands" in json.dumps(ack["payload"])
+            assert ops.services.metrics.registry.get_sample_value("opsloop_acks_total", {"kind": "command"}) == 1
 
             ack = await emu.socket_command('plan new "Socket item" critical', user_id=ALICE)
             assert ack is not None and "Created *OPS-1*" in json.dumps(ack["payload"])

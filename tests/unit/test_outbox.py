@@ -201,3 +201,19 @@ async def test_a_post_that_reached_slack_before_a_crash_is_not_posted_again(tmp_
     meta = emu.messages("C0OPS")[0].metadata
     assert meta is not None and json.dumps(meta).count("post:card:9") == 1
     await store.close()
+
+
+async def test_a_row_is_claimed_once_and_with_its_newest_payload(tmp_path: Path, emu: SlackEmulator) -> None:
+    # The worker reads the list of heads, then delivers; between the two the row may be delivered by a
+    # delivery that just finished, or coalesced with a newer update. The claim sees the row as it is.
+    store = Store(tmp_path / "claim.db")
+    await store.open()
+    ob = Outbox(store, SlackTransport(web_client(emu.bot_token, emu.api_url)), Metrics(), SystemClock(), Redactor())
+    await store.write(lambda db: ob.post_in(db, "C0OPS", msg("v1"), key="k"))
+    await store.write(lambda db: ob.update_in(db, "k", msg("v2")))
+    [head] = await store.read(lambda db: rows(db, "SELECT * FROM outbox"))
+    claimed = await store.write(lambda db: ob._claim(db, head["id"], 0.0))
+    again = await store.write(lambda db: ob._claim(db, head["id"], 0.0))
+    assert claimed is not None and json.loads(claimed["payload"])["text"] == "v2"
+    assert again is None
+    await store.close()
