@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -14,6 +16,8 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self._ack_children: dict[str, tuple[Any, Any]] = {}
+        self._command_children: dict[tuple[str, str], Any] = {}
         r = self.registry = CollectorRegistry()
         self.acks = Counter("opsloop_acks_total", "Slack requests acknowledged", ["kind"], registry=r)
         self.ack_seconds = Histogram(
@@ -41,6 +45,21 @@ class Metrics:
             "opsloop_hooks_total", "Webhook requests by source and status", ["source", "status"], registry=r
         )
         self.adapter_errors = Counter("opsloop_adapter_errors_total", "Adapter errors by tool", ["tool"], registry=r)
+
+    def acked(self, kind: str, seconds: float) -> None:
+        """Count one ack and its latency (called on every Slack request: label children are cached)."""
+        pair = self._ack_children.get(kind)
+        if pair is None:
+            pair = self._ack_children[kind] = (self.acks.labels(kind=kind), self.ack_seconds.labels(kind=kind))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def command(self, command_id: str, outcome: str) -> None:
+        """Count one command, click or submit by id and outcome."""
+        child = self._command_children.get((command_id, outcome))
+        if child is None:
+            child = self._command_children[(command_id, outcome)] = self.commands.labels(id=command_id, outcome=outcome)
+        child.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

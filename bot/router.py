@@ -344,7 +344,7 @@ class Router:
                 f":warning: Something went wrong on my side (error `{error_id}`). "
                 "Nothing was changed unless a message says so; the details are in the opsloop log."
             )
-        self.services.metrics.commands.labels(id=action, outcome=outcome.value).inc()
+        self.services.metrics.command(action, outcome.value)
         await self.services.audit.record(
             AuditEntry(
                 actor,

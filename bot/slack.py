@@ -565,8 +565,7 @@ class TimedSocketModeHandler(AsyncSocketModeHandler):
         started = time.perf_counter()
         await super().handle(client, req)
         kind = request_kind(req.payload if isinstance(req.payload, Mapping) else {})
-        self.metrics.acks.labels(kind=kind).inc()
-        self.metrics.ack_seconds.labels(kind=kind).observe(time.perf_counter() - started)
+        self.metrics.acked(kind, time.perf_counter() - started)
 
 
 def bolt_app(client: AsyncWebClient, signing_secret: str | None) -> AsyncApp:

@@ -65,8 +65,7 @@ def build_web_app(
             started = time.perf_counter()
             response = await bolt.async_dispatch(bolt_req)
             kind = request_kind(bolt_req.body)
-            metrics.acks.labels(kind=kind).inc()
-            metrics.ack_seconds.labels(kind=kind).observe(time.perf_counter() - started)
+            metrics.acked(kind, time.perf_counter() - started)
             return await to_aiohttp_response(response)
 
         app.router.add_post("/slack/events", slack_events)
