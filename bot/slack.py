@@ -12,15 +12,19 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.socket_mode.async_internals import send_async_response
+from slack_bolt.adapter.socket_mode.internals import build_headers
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -311,43 +315,28 @@ class SlackFrontend:
         self.surface = SlackSurface(client)
         self._late: set[asyncio.Task[Any]] = set()
 
-    async def _in_time(
+    async def _answer(
         self,
-        work: Coroutine[Any, Any, T],
+        context: Mapping[str, Any],
+        work: Awaitable[T],
         ack_now: Callable[[T], Awaitable[None]],
-        ack_early: Callable[[], Awaitable[None]],
         deliver_late: Callable[[T], Awaitable[None]],
     ) -> None:
-        """Ack with the result if it is ready within ACK_DEADLINE; otherwise ack now and deliver it later.
+        """Run the work inline; ack with its result, or deliver it later if the transport already acked.
 
-        Bolt answers Slack when this listener returns (process_before_response), so slow work must not
-        hold it: the work runs as its own task, and the listener waits for it at most ACK_DEADLINE."""
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(work)
-        self._late.add(task)
-        task.add_done_callback(self._late.discard)
-        waiter: asyncio.Future[None] = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        task.add_done_callback(wake)
-        timer = loop.call_later(ACK_DEADLINE, wake)
-        await waiter
-        timer.cancel()
-        if task.done():
-            await ack_now(task.result())
-            return
-        await ack_early()
-
-        async def finish() -> None:
-            try:
-                await deliver_late(await task)
-            except Exception:
-                log.exception("delivering a late answer failed")
-
-        self._spawn(finish())
+        The 3-second promise is kept by the AckGuard of the transport (the HTTP endpoint or the Socket
+        Mode handler), which answers Slack itself when ACK_DEADLINE passes. Keeping that timer out of
+        here means no task per request on the ack path."""
+        task = asyncio.current_task()
+        if task is not None:  # so shutdown (and tests) can wait for answers still being worked on
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        result = await work
+        guard = context.get(AckGuard.KEY)
+        if isinstance(guard, AckGuard) and guard.early:
+            await deliver_late(result)
+        else:
+            await ack_now(result)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -366,7 +355,9 @@ class SlackFrontend:
         """Attach every listener to the Bolt app."""
 
         @app.command(SLASH_COMMAND)
-        async def on_command(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        async def on_command(
+            ack: Callable[..., Awaitable[None]], body: dict[str, Any], context: dict[str, Any]
+        ) -> None:
             inv = Invocation(
                 actor=str(body.get("user_id", "")),
                 channel=str(body.get("channel_id", "")),
@@ -380,19 +371,16 @@ class SlackFrontend:
             async def ack_reply(reply: v.Reply) -> None:
                 await ack(**rendering.reply(reply))
 
-            async def ack_working() -> None:
-                await ack(text="Working on it…", response_type="ephemeral")
-
             async def deliver(reply: v.Reply) -> None:
                 if url:
                     payload = rendering.reply(reply)
                     await self.services.store.write(lambda db: self.services.outbox.respond_in(db, url, payload))
                     self.services.outbox.kick()
 
-            await self._in_time(self.router.command(inv, self.surface), ack_reply, ack_working, deliver)
+            await self._answer(context, self.router.command(inv, self.surface), ack_reply, deliver)
 
         @app.action(re.compile(r".+"))
-        async def on_action(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        async def on_action(ack: Callable[..., Awaitable[None]], body: dict[str, Any], context: dict[str, Any]) -> None:
             action = (body.get("actions") or [{}])[0]
             channel = _field(body, "channel", "id") or _field(body, "container", "channel_id") or ""
             message = body.get("message") or {}
@@ -419,13 +407,10 @@ class SlackFrontend:
                 await ack()
                 await deliver(reply)
 
-            async def ack_empty() -> None:
-                await ack()
-
-            await self._in_time(self.router.click(click, self.surface), ack_then_deliver, ack_empty, deliver)
+            await self._answer(context, self.router.click(click, self.surface), ack_then_deliver, deliver)
 
         @app.view(re.compile(r".+"))
-        async def on_submit(ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        async def on_submit(ack: Callable[..., Awaitable[None]], body: dict[str, Any], context: dict[str, Any]) -> None:
             view = body.get("view") or {}
             meta = str(view.get("private_metadata") or "")
             actor = str(_field(body, "user", "id") or "")
@@ -465,10 +450,7 @@ class SlackFrontend:
                 await ack()
                 await deliver(result)
 
-            async def ack_empty() -> None:
-                await ack()
-
-            await self._in_time(work(), ack_result, ack_empty, deliver)
+            await self._answer(context, work(), ack_result, deliver)
 
         for sc in self.router.shortcuts.values():
 
@@ -554,8 +536,48 @@ def request_kind(body: Mapping[str, Any]) -> str:
     return "command" if "command" in body else "other"
 
 
+class AckGuard:
+    """Slack's 3 seconds for one request, kept by the transport that received it.
+
+    The transport arms it before Bolt dispatches; if ACK_DEADLINE passes first, `send` (the
+    transport's own way to answer) acks with `early_payload` and the listener, finding `early` set,
+    delivers its result later (response_url or an ephemeral message) instead of acking."""
+
+    KEY = "opsloop_ack_guard"
+
+    def __init__(self, kind: str, send: Callable[[dict[str, Any] | None], Awaitable[None]]) -> None:
+        self.kind = kind
+        self.early = False
+        self.fired_at: float | None = None
+        self._send = send
+        self._timer: asyncio.TimerHandle | None = None
+        self.sending: asyncio.Task[None] | None = None
+
+    @property
+    def early_payload(self) -> dict[str, Any] | None:
+        if self.kind == "command":
+            return {"text": "Working on it…", "response_type": "ephemeral"}
+        return None  # an empty 200: clicks, submits (closes the form), events
+
+    def arm(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(ACK_DEADLINE, self._fire)
+
+    def _fire(self) -> None:
+        self.early = True
+        self.fired_at = time.perf_counter()
+        self.sending = asyncio.ensure_future(self._send(self.early_payload))
+
+    async def disarm(self) -> bool:
+        """Stop the timer; True if the early answer was sent (and has finished sending)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.sending is not None:
+            await self.sending
+        return self.early
+
+
 class TimedSocketModeHandler(AsyncSocketModeHandler):
-    """Bolt's Socket Mode handler, counting acks and their latency like the HTTP endpoint does."""
+    """Bolt's Socket Mode handler, with the ack deadline and ack metrics of the HTTP endpoint."""
 
     def __init__(self, app: AsyncApp, app_token: str, metrics: Metrics) -> None:
         super().__init__(app, app_token=app_token)
@@ -563,9 +585,21 @@ class TimedSocketModeHandler(AsyncSocketModeHandler):
 
     async def handle(self, client: Any, req: Any) -> None:
         started = time.perf_counter()
-        await super().handle(client, req)
-        kind = request_kind(req.payload if isinstance(req.payload, Mapping) else {})
-        self.metrics.acked(kind, time.perf_counter() - started)
+        payload = req.payload if isinstance(req.payload, Mapping) else {}
+        kind = request_kind(payload)
+
+        async def send_early(body: dict[str, Any] | None) -> None:
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id, payload=body))
+
+        guard = AckGuard(kind, send_early)
+        bolt_req = AsyncBoltRequest(
+            mode="socket_mode", body=req.payload, headers=build_headers(req), context={AckGuard.KEY: guard}
+        )
+        guard.arm()
+        bolt_resp = await self.app.async_dispatch(bolt_req)
+        if not await guard.disarm():
+            await send_async_response(client, req, bolt_resp, started)
+        self.metrics.acked(kind, (guard.fired_at or time.perf_counter()) - started)
 
 
 def bolt_app(client: AsyncWebClient, signing_secret: str | None) -> AsyncApp:

@@ -21,7 +21,7 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.context import Services
 from bot.router import Router
-from bot.slack import request_kind
+from bot.slack import AckGuard, request_kind
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,26 @@ def build_web_app(
                 # refused here, before any middleware or listener sees it.
                 return _text(400, "malformed Slack request body")
             started = time.perf_counter()
-            response = await bolt.async_dispatch(bolt_req)
             kind = request_kind(bolt_req.body)
-            metrics.acked(kind, time.perf_counter() - started)
+            early = web.Response(status=200)
+
+            async def send_early(body: dict[str, Any] | None) -> None:
+                # Answer Slack now, from outside the handler that is still waiting for Bolt; the
+                # handler returns this same, already sent, response when Bolt is done.
+                if body is not None:
+                    early.text = json.dumps(body)
+                    early.content_type = "application/json"
+                await early.prepare(request)
+                await early.write_eof()
+
+            guard = AckGuard(kind, send_early)
+            bolt_req.context[AckGuard.KEY] = guard
+            guard.arm()
+            response = await bolt.async_dispatch(bolt_req)
+            sent_early = await guard.disarm()
+            metrics.acked(kind, (guard.fired_at or time.perf_counter()) - started)
+            if sent_early:
+                return early
             return await to_aiohttp_response(response)
 
         app.router.add_post("/slack/events", slack_events)

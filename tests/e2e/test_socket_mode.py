@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -58,6 +59,45 @@ async def test_commands_and_clicks_over_the_socket(tmp_path: Path) -> None:
             assert (await ops.services.tracker().get("OPS-1")).status.value == "done"
             audit = await ops.services.store.read(lambda db: rows(db, "SELECT action FROM audit"))
             assert [a["action"] for a in audit].count("approval.approve") == 1
+        finally:
+            await handler.close_async()
+            await frontend.wait_late()
+            await ops.stop()
+
+
+async def test_slow_commands_are_acked_in_time_over_the_socket(tmp_path: Path) -> None:
+    from bot import commands as c
+    from bot import views as v
+    from bot.app import GROUPS
+    from bot.context import Ctx
+    from bot.router import CommandGroup
+
+    slow = CommandGroup("slow", "test")
+
+    @slow.command("slow thing", c.number("seconds", optional=True, default=3, max=10))
+    async def slow_thing(ctx: Ctx, seconds: int) -> v.Reply:
+        """Take a while."""
+        await asyncio.sleep(seconds)
+        return v.Reply.text("finally done")
+
+    async with SlackEmulator() as emu:
+        slack_workspace(emu)
+        env = make_env(
+            tmp_path, SLACK_BOT_TOKEN=emu.bot_token, SLACK_APP_TOKEN=emu.app_token, SLACK_API_URL=emu.api_url
+        )
+        ops, bolt, frontend = await build_slack(
+            make_config(tmp_path / "s.db"), env, groups=(*GROUPS, slow), pacing=Pacing.unpaced()
+        )
+        await ops.start()
+        assert env.app_token is not None
+        handler = TimedSocketModeHandler(bolt, env.app_token, ops.services.metrics)
+        await handler.connect_async()
+        try:
+            ack = await emu.socket_command("slow thing 4", user_id=ALICE, timeout=3.0)
+            assert ack is not None and "Working on it" in json.dumps(ack.get("payload"))
+            await frontend.wait_late()
+            await ops.services.outbox.drain()
+            assert [r.body.get("text") for r in emu.responses] == ["finally done"]
         finally:
             await handler.close_async()
             await frontend.wait_late()
