@@ -64,16 +64,15 @@ def build_web_app(
                 return _text(400, "malformed Slack request body")
             started = time.perf_counter()
             kind = request_kind(bolt_req.body)
-            early = web.Response(status=200)
+            early: list[web.Response] = []
 
             async def send_early(body: dict[str, Any] | None) -> None:
                 # Answer Slack now, from outside the handler that is still waiting for Bolt; the
                 # handler returns this same, already sent, response when Bolt is done.
-                if body is not None:
-                    early.text = json.dumps(body)
-                    early.content_type = "application/json"
-                await early.prepare(request)
-                await early.write_eof()
+                resp = web.json_response(body) if body is not None else web.Response(status=200)
+                early.append(resp)
+                await resp.prepare(request)
+                await resp.write_eof()
 
             guard = AckGuard(kind, send_early)
             bolt_req.context[AckGuard.KEY] = guard
@@ -82,7 +81,7 @@ def build_web_app(
             sent_early = await guard.disarm()
             metrics.acked(kind, (guard.fired_at or time.perf_counter()) - started)
             if sent_early:
-                return early
+                return early[0]
             return await to_aiohttp_response(response)
 
         app.router.add_post("/slack/events", slack_events)
