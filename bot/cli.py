@@ -179,7 +179,7 @@ async def _check(config: Config, env: Env) -> int:
         print("skip SLACK_BOT_TOKEN: not set (fine for `opsloop console`; `opsloop run` needs it)")
     if not env.webhook_token:
         print("skip OPSLOOP_WEBHOOK_TOKEN: not set, so /hooks/* answer 503")
-    for name in config.integrations:
+    for name in config.integrations.model_dump(exclude_none=True):
         report(
             False,
             f"integrations.{name}",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -80,6 +80,66 @@ class SlackConfig(_Model):
     group_cache: Duration = Field(timedelta(minutes=10), description="how long user-group members are cached")
 
 
+class JenkinsConfig(_Model):
+    """A Jenkins server, driven through python-jenkins with an API token."""
+
+    url: str = Field(description="e.g. https://ci.example.com/")
+    user: str | None = Field(None, description="the user the API token belongs to")
+    token_env: str | None = Field(None, description="environment variable holding the API token")
+    timeout: Duration = Field(timedelta(seconds=10), description="per request; a hung Jenkins never blocks opsloop")
+    poll: Duration = Field(timedelta(seconds=5), description="how often a watched build is polled (backs off)")
+
+
+class TravisConfig(_Model):
+    """Travis CI through its API v3."""
+
+    url: str = "https://api.travis-ci.com"
+    token_env: str | None = Field(None, description="environment variable holding the API token")
+    timeout: Duration = Field(timedelta(seconds=10))
+    poll: Duration = Field(timedelta(seconds=10))
+
+
+class Integrations(_Model):
+    """The tools opsloop talks to; each section is optional."""
+
+    jenkins: JenkinsConfig | None = None
+    travis: TravisConfig | None = None
+
+
+class BuildConfig(_Model):
+    """How a service is built."""
+
+    ci: Literal["jenkins", "travis"] = "jenkins"
+    job: str = Field(description="Jenkins job path (folder/name) or Travis repository slug (owner/repo)")
+    branch: str | None = Field(None, description="default branch to build")
+    params: dict[str, str] = Field(default_factory=dict, description="default build parameters")
+    junit: str | None = Field(None, description="JUnit XML file (glob) to read when the CI publishes no report")
+
+
+class SmokePage(_Model):
+    """One page of a browser smoke check; `{env}` in the URL is the environment name."""
+
+    url: str
+    text: str | None = Field(None, description="text the page must contain")
+    css: str | None = Field(None, description="CSS selector that must match an element")
+    timeout: Duration = Field(timedelta(seconds=15))
+
+
+class SmokeConfig(_Model):
+    pages: list[SmokePage] = Field(min_length=1)
+
+
+class ServiceConfig(_Model):
+    """A service: how it is built, checked, deployed and watched."""
+
+    build: BuildConfig | None = None
+    smoke: SmokeConfig | None = None
+    tracker: str | None = None
+    repo: dict[str, Any] | None = Field(None, description="typed by the code stage")
+    deploy: dict[str, Any] | None = Field(None, description="typed by the deploy stage")
+    alerts: dict[str, Any] | None = Field(None, description="typed by the monitor stage")
+
+
 class Config(_Model):
     """The whole opsloop configuration (opsloop.yml)."""
 
@@ -98,9 +158,9 @@ class Config(_Model):
     plan: PlanConfig = PlanConfig()
     console: ConsoleConfig = ConsoleConfig()
     slack: SlackConfig = SlackConfig()
-    services: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
     environments: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    integrations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    integrations: Integrations = Integrations()
 
     @field_validator("roles")
     @classmethod
@@ -196,6 +256,15 @@ def _cross_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
         role = rule.get("from") if isinstance(rule, dict) else None
         if isinstance(role, str) and role not in section("roles"):
             problems.append((f"approvals.{key}.from", f"unknown role `{role}`; define it under `roles`"))
+    integrations = section("integrations")
+    for name, svc in section("services").items():
+        build = svc.get("build") if isinstance(svc, dict) else None
+        if isinstance(build, dict):
+            ci = build.get("ci", "jenkins")
+            if isinstance(ci, str) and ci not in integrations:
+                problems.append(
+                    (f"services.{name}.build.ci", f"`{ci}` is not configured: add it under `integrations.{ci}`")
+                )
     console = section("console")
     people = console.get("people") if isinstance(console.get("people"), dict) else {}
     if people and console.get("user", "me") not in people:

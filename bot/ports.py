@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -144,3 +144,163 @@ class Directory(Protocol):
     async def find(self, name: str) -> str | None:
         """The user id for a name typed in chat (`@alice` without Slack's escaping), if known."""
         ...
+
+
+# --- build ------------------------------------------------------------------------------------------------
+
+
+class BuildState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    UNSTABLE = "unstable"
+    FAILURE = "failure"
+    ABORTED = "aborted"
+    NOT_BUILT = "not_built"
+    CANCELLED = "cancelled"  # left the queue without running
+
+    @property
+    def finished(self) -> bool:
+        return self not in (BuildState.QUEUED, BuildState.RUNNING)
+
+
+@dataclass(frozen=True)
+class BuildRef:
+    """A triggered build: while queued only `queue_id` is known (Jenkins queue item, Travis request id)."""
+
+    ci: str
+    job: str
+    queue_id: str | None = None
+    number: int | None = None  # the CI's id of the build (Jenkins build number, Travis build id)
+    cancelled: bool = False
+    why: str | None = None  # why it still waits, as the CI says it
+
+
+@dataclass(frozen=True)
+class Build:
+    """One build as the CI reports it."""
+
+    ci: str
+    job: str
+    number: int
+    label: str  # what people call it: "#7" (Jenkins), "#42" (Travis build number)
+    state: BuildState
+    url: str | None = None
+    started_at: datetime | None = None
+    duration_s: float | None = None  # None while running
+    estimated_s: float | None = None
+    commit: str | None = None
+    branch: str | None = None
+    cause: str | None = None  # "Started by user alice"
+    parameters: tuple[tuple[str, str], ...] = ()
+    failed_tests: int | None = None
+    total_tests: int | None = None
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Console text from a byte offset; `more` while the build still writes."""
+
+    text: str
+    next_offset: int
+    more: bool
+
+
+class TestStatus(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class TestCaseResult:
+    suite: str
+    classname: str
+    name: str
+    status: TestStatus
+    duration_s: float = 0.0
+    message: str | None = None  # the failure/error/skip message
+    details: str | None = None  # the stack trace or element text
+
+    @property
+    def id(self) -> str:
+        return f"{self.classname}.{self.name}" if self.classname else self.name
+
+
+@dataclass(frozen=True)
+class TestReport:
+    cases: tuple[TestCaseResult, ...]
+
+    def count(self, status: TestStatus) -> int:
+        return sum(1 for c in self.cases if c.status is status)
+
+    @property
+    def failed(self) -> tuple[TestCaseResult, ...]:
+        return tuple(c for c in self.cases if c.status is TestStatus.FAILED)
+
+
+class CIServer(Protocol):
+    """A CI server (Jenkins, Travis CI). `job` is the CI's job path (Jenkins) or repository slug (Travis)."""
+
+    name: str
+
+    async def trigger(self, job: str, params: Mapping[str, str], branch: str | None = None) -> BuildRef:
+        """Start a build; the ref carries the queue item (or request) until the build exists."""
+        ...
+
+    async def locate(self, ref: BuildRef) -> BuildRef:
+        """The ref again, with `number` once the build started, `cancelled` if it never will."""
+        ...
+
+    async def build(self, job: str, number: int) -> Build: ...
+
+    async def last_build(self, job: str, *, successful: bool = False) -> Build | None: ...
+
+    async def log(self, job: str, number: int, start: int = 0) -> LogChunk: ...
+
+    async def test_report(self, job: str, number: int) -> TestReport | None:
+        """The build's test results, or None when it published none."""
+        ...
+
+    async def abort(self, job: str, number: int) -> None: ...
+
+    async def check(self) -> str:
+        """Reach the server; a line saying who we are there, or AdapterError."""
+        ...
+
+
+class TestResultsReader(Protocol):
+    """JUnit XML (or another format) -> TestReport."""
+
+    async def parse(self, data: bytes, source: str = "") -> TestReport: ...
+
+    async def read(self, path: str) -> TestReport: ...
+
+
+# --- browser checks --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageCheck:
+    """Open `url`; expect `text` in the page and/or an element matching `css`, within `timeout_s`."""
+
+    url: str
+    text: str | None = None
+    css: str | None = None
+    timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class PageResult:
+    url: str
+    ok: bool
+    message: str  # "found `ok`" or why not
+    duration_s: float
+    title: str = ""
+    screenshot: bytes | None = None  # PNG, when the check failed and a page was there
+
+
+class Browser(Protocol):
+    """A headless browser that checks pages."""
+
+    async def check(self, pages: Sequence[PageCheck]) -> tuple[PageResult, ...]: ...
