@@ -35,11 +35,18 @@ from bot.redact import Redactor
 from bot.router import CommandGroup, Router
 from bot.store import Store
 from bot.web import build_web_app
-from handlers import core, feedback, insights, plan
+from handlers import build, core, feedback, insights, plan, test
 
 log = logging.getLogger(__name__)
 
-GROUPS: tuple[CommandGroup, ...] = (core.group, plan.group, feedback.group, insights.group)
+GROUPS: tuple[CommandGroup, ...] = (
+    core.group,
+    plan.group,
+    build.group,
+    test.group,
+    feedback.group,
+    insights.group,
+)
 SWEEP_SECONDS = 30.0
 EVENT_MEMORY = 2 * 86400.0
 OUTBOX_MEMORY = 7 * 86400.0
@@ -158,6 +165,7 @@ class Opsloop:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.services.jobs.stop()
+        await self.services.poller.stop()
         await self.services.outbox.stop()
         self.services.blocking.close()
         await self.store.close()

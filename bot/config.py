@@ -132,6 +132,7 @@ class SmokeConfig(_Model):
 class ServiceConfig(_Model):
     """A service: how it is built, checked, deployed and watched."""
 
+    channel: str | None = Field(None, description="the team's channel for this service's cards")
     build: BuildConfig | None = None
     smoke: SmokeConfig | None = None
     tracker: str | None = None

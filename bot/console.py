@@ -218,7 +218,11 @@ class ConsoleTransport:
         self.screen.show("reply", payload, channel="")
 
     async def upload(self, channel: str, payload: Payload, *, thread_ts: str | None) -> None:
-        content = str(payload.get("content", ""))
+        if "content_b64" in payload:
+            size = len(payload["content_b64"]) * 3 // 4
+            content = f"(binary file, about {size} bytes; Slack shows it inline)"
+        else:
+            content = str(payload.get("content", ""))
         self.screen.out.print(
             Panel(content[-2000:], title=f"{channel}: file {payload.get('filename')}", title_align="left", expand=False)
         )

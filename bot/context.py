@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot import rendering
 from bot import views as v
@@ -11,13 +13,14 @@ from bot.approvals import Approvals
 from bot.audit import AuditEntry, AuditLog, Outcome
 from bot.blocking import BlockingPool
 from bot.clock import Clock
-from bot.config import Config
-from bot.errors import NotConfigured
+from bot.config import Config, ServiceConfig
+from bot.errors import NotConfigured, NotFound
 from bot.jobs import JobRunner
 from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.policy import Policy
-from bot.ports import Directory, SqlStore, Tracker
+from bot.poller import Poller
+from bot.ports import Browser, CIServer, Directory, SqlStore, TestResultsReader, Tracker
 from bot.redact import Redactor
 
 if TYPE_CHECKING:
@@ -47,6 +50,10 @@ class Services:
     redactor: Redactor
     trackers: dict[str, Tracker] = field(default_factory=dict)
     blocking: BlockingPool = field(default_factory=BlockingPool)
+    ci: dict[str, CIServer] = field(default_factory=dict)
+    test_reader: TestResultsReader | None = None
+    browser: Browser | None = None
+    poller: Poller = field(default_factory=Poller)
 
     async def post(
         self,
@@ -66,6 +73,43 @@ class Services:
     async def update(self, key: str, msg: v.Message) -> bool:
         """Edit the message posted under `key`; False if there is none."""
         return await self.outbox.update(key, rendering.message(msg))
+
+    def post_in(self, db: Any, channel: str, msg: v.Message, **kw: Any) -> None:
+        """Queue a post inside a running write, so it commits (or not) with the change it reports."""
+        self.outbox.post_in(db, channel, rendering.message(msg), **kw)
+
+    async def upload(
+        self,
+        channel: str,
+        filename: str,
+        content: str | bytes,
+        *,
+        title: str = "",
+        comment: str = "",
+        thread_key: str | None = None,
+        thread_ts: str | None = None,
+    ) -> None:
+        """Upload a file (a long log, a screenshot) through the outbox; text is redacted like any message."""
+        payload: dict[str, str] = {"filename": filename, "title": title or filename, "comment": comment}
+        if isinstance(content, bytes):
+            payload["content_b64"] = base64.b64encode(content).decode()
+        else:
+            payload["content"] = content
+        await self.store.write(
+            lambda db: self.outbox.upload_in(db, channel, payload, thread_key=thread_key, thread_ts=thread_ts)
+        )
+        self.outbox.kick()
+
+    def service(self, name: str) -> ServiceConfig:
+        """A configured service; NotFound with the nearest names otherwise."""
+        svc = self.config.services.get(name)
+        if svc is not None:
+            return svc
+        known = sorted(self.config.services)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        listed = ", ".join(f"`{k}`" for k in known) or "none yet (add them under `services:`)"
+        raise NotFound(f"There is no service `{name}`.{hint} Configured: {listed}.")
 
     def tracker(self, name: str | None = None) -> Tracker:
         """The named tracker, or the configured default; NotConfigured if absent."""
@@ -134,6 +178,10 @@ class Ctx:
     @property
     def redactor(self) -> Redactor:
         return self.services.redactor
+
+    def service(self, name: str) -> ServiceConfig:
+        """A configured service (see Services.service)."""
+        return self.services.service(name)
 
     def tracker(self, name: str | None = None) -> Tracker:
         """The tracker to use (see Services.tracker)."""

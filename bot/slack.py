@@ -8,6 +8,7 @@ needs longer the ack says so and the answer follows through the response_url (vi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -153,12 +154,15 @@ class SlackTransport:
             raise DeliveryError(f"response_url answered {resp.status_code}: {resp.body[:200]}", retryable=False)
 
     async def upload(self, channel: str, payload: Payload, *, thread_ts: str | None) -> None:
+        content: str | bytes = (
+            base64.b64decode(payload["content_b64"]) if "content_b64" in payload else payload["content"]
+        )
         await self._call(
             "files.upload",
             lambda: self.client.files_upload_v2(
                 channel=channel,
                 filename=payload["filename"],
-                content=payload["content"],
+                content=content,
                 title=payload.get("title") or payload["filename"],
                 initial_comment=payload.get("comment"),
                 thread_ts=thread_ts,

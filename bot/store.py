@@ -334,3 +334,28 @@ def one(db: Database, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> dic
     if r is None:
         return None
     return dict(zip([c[0] for c in cur.description], r, strict=True))
+
+
+@MIGRATIONS()
+def m002_builds_and_tests(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE builds (
+            id INTEGER PRIMARY KEY, service TEXT, ci TEXT NOT NULL, job TEXT NOT NULL,
+            queue_id TEXT, number INTEGER, label TEXT, state TEXT NOT NULL, requester TEXT,
+            channel TEXT NOT NULL, params TEXT NOT NULL DEFAULT '{}', branch TEXT, commit_sha TEXT,
+            cause TEXT, url TEXT, started_at REAL, finished_at REAL, duration_s REAL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, job_id INTEGER)"""
+    )
+    db.execute("CREATE UNIQUE INDEX builds_number ON builds(ci, job, number) WHERE number IS NOT NULL")
+    db.execute("CREATE INDEX builds_service ON builds(service, id)")
+    db.execute(
+        """CREATE TABLE test_results (
+            id INTEGER PRIMARY KEY, service TEXT NOT NULL, build_id INTEGER NOT NULL REFERENCES builds(id),
+            commit_sha TEXT, test_id TEXT NOT NULL, suite TEXT, status TEXT NOT NULL, duration_s REAL,
+            message TEXT, details TEXT, at REAL NOT NULL, UNIQUE (build_id, test_id))"""
+    )
+    db.execute("CREATE INDEX test_results_history ON test_results(service, test_id, id)")
+    db.execute(
+        "CREATE TABLE hook_deliveries (source TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,"
+        " PRIMARY KEY (source, key))"
+    )
