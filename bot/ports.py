@@ -199,7 +199,8 @@ class Build:
 
 @dataclass(frozen=True)
 class LogChunk:
-    """Console text from a byte offset; `more` while the build still writes."""
+    """Console text from an offset (the CI's unit: bytes for Jenkins, characters for Travis); `more` while
+    the build still writes."""
 
     text: str
     next_offset: int
