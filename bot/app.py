@@ -35,7 +35,8 @@ from bot.redact import Redactor
 from bot.router import CommandGroup, Router
 from bot.store import Store
 from bot.web import build_web_app
-from handlers import build, core, feedback, insights, plan, test
+from handlers import build as build_stage
+from handlers import core, feedback, insights, plan, test
 
 log = logging.getLogger(__name__)
 
