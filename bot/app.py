@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 GROUPS: tuple[CommandGroup, ...] = (
     core.group,
     plan.group,
-    build.group,
+    build_stage.group,
     test.group,
     feedback.group,
     insights.group,
