@@ -17,7 +17,11 @@ from typing import Any
 from aiohttp import web
 from rich.console import Console
 
+from adapters.jenkins import JenkinsCI
+from adapters.junit import JUnitReader
+from adapters.selenium import ChromiumBrowser
 from adapters.tracker_local import LocalTracker
+from adapters.travis import TravisCI
 from bot import views as v
 from bot.approvals import Approvals
 from bot.audit import AuditLog
@@ -26,11 +30,12 @@ from bot.clock import Clock, SystemClock
 from bot.config import Config, Env, database_path
 from bot.console import ConsoleDirectory, ConsoleScreen, ConsoleSession, ConsoleSurface, ConsoleTransport
 from bot.context import Services
+from bot.errors import ConfigError
 from bot.jobs import Job, JobRunner
 from bot.metrics import Metrics
 from bot.outbox import ChatTransport, Outbox, Pacing
 from bot.policy import Policy
-from bot.ports import Directory, Tracker
+from bot.ports import Browser, CIServer, Directory, TestResultsReader, Tracker
 from bot.redact import Redactor
 from bot.router import CommandGroup, Router
 from bot.store import Store
@@ -97,6 +102,24 @@ class _JobNotices:
 
 
 @dataclass
+class Tools:
+    """The adapters the config asks for, by port."""
+
+    ci: dict[str, CIServer] = field(default_factory=dict)
+    test_reader: TestResultsReader | None = None
+    browser: Browser | None = None
+
+    async def close(self) -> None:
+        """Release what the adapters hold (HTTP sessions)."""
+        for server in self.ci.values():
+            closer = getattr(server, "close", None)
+            if closer is not None:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+
+
+@dataclass
 class Opsloop:
     """A running opsloop: services, router and the tasks it owns."""
 
@@ -107,6 +130,7 @@ class Opsloop:
     store: Store
     transport: ChatTransport
     surface: Any
+    tools: Tools = field(default_factory=Tools)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int | None = None
@@ -168,8 +192,43 @@ class Opsloop:
         await self.services.jobs.stop()
         await self.services.poller.stop()
         await self.services.outbox.stop()
+        await self.tools.close()
         self.services.blocking.close()
         await self.store.close()
+
+
+def secret_from_env(variable: str | None, path: str) -> str | None:
+    """The value of a `*_env` setting; ConfigError naming the variable when it is not set."""
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise ConfigError("environment", [(path, f"{variable} is not set; export it with the secret it names")])
+    return value
+
+
+def build_tools(config: Config, pool: BlockingPool) -> Tools:
+    """Construct the adapter of every configured integration (nothing is contacted yet)."""
+    tools = Tools(test_reader=JUnitReader(pool), browser=ChromiumBrowser(pool))
+    problems: list[tuple[str, str]] = []
+    jenkins, travis = config.integrations.jenkins, config.integrations.travis
+    try:
+        if jenkins is not None:
+            token = secret_from_env(jenkins.token_env, "integrations.jenkins.token_env")
+            tools.ci["jenkins"] = JenkinsCI(
+                jenkins.url, jenkins.user, token, pool=pool, timeout=jenkins.timeout.total_seconds()
+            )
+    except ConfigError as err:
+        problems.extend(err.problems)
+    try:
+        if travis is not None:
+            token = secret_from_env(travis.token_env, "integrations.travis.token_env")
+            tools.ci["travis"] = TravisCI(travis.url, token or "", timeout=travis.timeout.total_seconds())
+    except ConfigError as err:
+        problems.extend(err.problems)
+    if problems:
+        raise ConfigError("environment", problems)
+    return tools
 
 
 async def build(
@@ -186,6 +245,7 @@ async def build(
     """Wire everything for one transport; the store is opened (migrations applied) here."""
     clock = clock or SystemClock()
     blocking = BlockingPool()  # every adapter on a sync library shares it (bounded, with timeouts)
+    tools = build_tools(config, blocking)  # before the store opens: a missing secret stops us cleanly
     redactor = Redactor(secret_values(config, env))
     store = Store(database_path(config, env))
     await store.open()
@@ -211,10 +271,13 @@ async def build(
         redactor=redactor,
         trackers=trackers,
         blocking=blocking,
+        ci=tools.ci,
+        test_reader=tools.test_reader,
+        browser=tools.browser,
     )
     ref.append(services)
     router = Router(groups, services)
-    return Opsloop(config, env, services, router, store, transport, surface)
+    return Opsloop(config, env, services, router, store, transport, surface, tools)
 
 
 async def build_slack(config: Config, env: Env, **kw: Any) -> tuple[Opsloop, Any, Any]:

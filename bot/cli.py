@@ -179,12 +179,25 @@ async def _check(config: Config, env: Env) -> int:
         print("skip SLACK_BOT_TOKEN: not set (fine for `opsloop console`; `opsloop run` needs it)")
     if not env.webhook_token:
         print("skip OPSLOOP_WEBHOOK_TOKEN: not set, so /hooks/* answer 503")
-    for name in config.integrations.model_dump(exclude_none=True):
-        report(
-            False,
-            f"integrations.{name}",
-            "this version of opsloop has no adapter for it yet; remove it or upgrade opsloop",
-        )
+    from bot.app import build_tools
+    from bot.blocking import BlockingPool
+    from bot.ports import AdapterError
+
+    pool = BlockingPool()
+    try:
+        tools = build_tools(config, pool)
+    except ConfigError as err:
+        for where, msg in err.problems:
+            report(False, where, msg)
+        tools = None
+    if tools is not None:
+        for name, server in tools.ci.items():
+            try:
+                report(True, f"integrations.{name}", await server.check())
+            except AdapterError as err:
+                report(False, f"integrations.{name}", f"{err}; check its url, user and token")
+        await tools.close()
+    pool.close()
     print(f"{failures} problem(s)" if failures else "all checks passed")
     return 1 if failures else 0
 
@@ -274,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = _audit_verify(config, env)
     try:
         return int(asyncio.run(runner))
+    except ConfigError as err:
+        return _print_config_error(err)
     except StartupError as err:
         print(f"opsloop: {err}", file=sys.stderr)
         return 1

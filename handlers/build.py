@@ -238,6 +238,7 @@ async def watch_job(services: Services, jctx: JobCtx) -> None:
             if ref.number is None:
                 return Progress()
             cur = await _save(services, cur, number=ref.number, state=BuildState.RUNNING.value)
+            await record_event(services, cur, "build.started")
         b = await ci.build(cur.job, cur.number)  # type: ignore[arg-type]
         changes = {k: val for k, val in _from_build(b).items() if val is not None}
         before = cur
@@ -246,8 +247,8 @@ async def watch_job(services: Services, jctx: JobCtx) -> None:
         cur = await _save(services, cur, **changes)
         state["row"] = cur
         changed = (before.state, before.commit) != (cur.state, cur.commit)
-        if changed and cur.state == BuildState.RUNNING.value:
-            await record_event(services, cur, "build.started")
+        if cur.state != BuildState.QUEUED.value:
+            await record_event(services, cur, "build.started")  # once per build (announced builds too)
         await refresh_card(services, cur, typical)
         return Progress(final=cur if b.state.finished else None, changed=changed)
 

@@ -153,9 +153,11 @@ class SlackHarness:
     def services(self):
         return self.ops.services
 
-    async def settle(self) -> None:
+    async def settle(self, *, jobs: bool = True) -> None:
+        """Wait for late answers, (unless `jobs=False`) running jobs, and the outbox."""
         await self.frontend.wait_late()
-        await self.ops.services.jobs.wait_idle()
+        if jobs:
+            await self.ops.services.jobs.wait_idle()
         assert await self.ops.services.outbox.drain(timeout=30), "outbox did not drain"
 
     async def command(self, text: str, user: str = ALICE, channel: str = "C0OPS", **kw: Any) -> Any:
@@ -198,12 +200,12 @@ def find_button(blocks: list[dict[str, Any]], label: str) -> dict[str, Any]:
     raise AssertionError(f"no button {label!r} in {blocks}")
 
 
-async def click(h: SlackHarness, channel: str, ts: str, label: str, user: str) -> Any:
+async def click(h: SlackHarness, channel: str, ts: str, label: str, user: str, *, jobs: bool = True) -> Any:
     """Press a button of a message the emulator holds, as `user`, through signed HTTP."""
     msg = h.emu.message(channel, ts)
     el = find_button(msg.blocks, label)
     res = await h.emu.send_action(
         h.url, user_id=user, action_id=el["action_id"], value=el.get("value", ""), channel_id=channel, message_ts=ts
     )
-    await h.settle()
+    await h.settle(jobs=jobs)
     return res
