@@ -99,11 +99,46 @@ class TravisConfig(_Model):
     poll: Duration = Field(timedelta(seconds=10))
 
 
+class PrometheusConfig(_Model):
+    url: str = Field(description="e.g. http://prometheus:9090")
+    token_env: str | None = Field(None, description="bearer token, if Prometheus sits behind a proxy that wants one")
+    timeout: Duration = Field(timedelta(seconds=10))
+
+
+class AlertmanagerConfig(_Model):
+    url: str = Field(description="e.g. http://alertmanager:9093")
+    token_env: str | None = None
+    timeout: Duration = Field(timedelta(seconds=10))
+
+
+class GrafanaConfig(_Model):
+    url: str = Field(description="e.g. https://grafana.example.com")
+    token_env: str | None = Field(None, description="service account token")
+    timeout: Duration = Field(timedelta(seconds=30), description="rendering a panel can be slow")
+
+
+class NagiosConfig(_Model):
+    command_file: str = Field("/var/lib/nagios4/rw/nagios.cmd", description="the external command FIFO")
+    status_file: str = Field("/var/lib/nagios4/status.dat")
+
+
+class SplunkConfig(_Model):
+    url: str = Field(description="management port, e.g. https://splunk:8089")
+    token_env: str | None = Field(None, description="authentication token (sent as Bearer)")
+    timeout: Duration = Field(timedelta(seconds=30))
+    verify_tls: bool = True
+
+
 class Integrations(_Model):
     """The tools opsloop talks to; each section is optional."""
 
     jenkins: JenkinsConfig | None = None
     travis: TravisConfig | None = None
+    prometheus: PrometheusConfig | None = None
+    alertmanager: AlertmanagerConfig | None = None
+    grafana: GrafanaConfig | None = None
+    nagios: NagiosConfig | None = None
+    splunk: SplunkConfig | None = None
 
 
 class BuildConfig(_Model):

@@ -305,3 +305,182 @@ class Browser(Protocol):
     """A headless browser that checks pages."""
 
     async def check(self, pages: Sequence[PageCheck]) -> tuple[PageResult, ...]: ...
+
+
+# --- operate and monitor ---------------------------------------------------------------------------------
+
+
+class AlertStatus(enum.StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Severity(enum.StrEnum):
+    """Normalised severities, most severe first in `RANK`."""
+
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"critical": 0, "warning": 1, "info": 2}[self.value]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert from any source, in one shape.
+
+    `fingerprint` identifies the alert within its source (Alertmanager's label hash, Nagios host/service,
+    a hash of a Splunk search and its result row); `group_key` the group its card belongs to."""
+
+    source: str  # alertmanager | grafana | nagios | splunk
+    fingerprint: str
+    status: AlertStatus
+    name: str  # alertname, "host/service", search name
+    severity: Severity
+    group_key: str
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    summary: str = ""
+    value: str | None = None
+    links: tuple[tuple[str, str], ...] = ()  # (what, url): source, dashboard, panel, results, runbook
+    generator_url: str | None = None  # Prometheus graph link (holds the PromQL of the alert)
+
+    def label(self, name: str, default: str = "") -> str:
+        return next((v for k, v in self.labels if k == name), default)
+
+    def annotation(self, name: str, default: str = "") -> str:
+        return next((v for k, v in self.annotations if k == name), default)
+
+
+@dataclass(frozen=True)
+class AlertBatch:
+    """What one webhook delivery carried: alerts of one group (or of several, for sources without groups)."""
+
+    source: str
+    alerts: tuple[Alert, ...]
+    group_labels: tuple[tuple[str, str], ...] = ()
+    truncated: int = 0  # alerts the source left out (Alertmanager's max_alerts)
+
+
+class AlertSource(Protocol):
+    """Turns one source's webhook payload into alerts. Malformed payloads raise pydantic.ValidationError
+    or ValueError with a reason; unknown extra fields are tolerated."""
+
+    name: str
+
+    def parse(self, payload: Any) -> AlertBatch: ...
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """A label matcher as Alertmanager understands it."""
+
+    name: str
+    value: str
+    is_regex: bool = False
+    is_equal: bool = True
+
+    def __str__(self) -> str:
+        op = ("=~" if self.is_regex else "=") if self.is_equal else ("!~" if self.is_regex else "!=")
+        return f'{self.name}{op}"{self.value}"'
+
+
+@dataclass(frozen=True)
+class Silence:
+    id: str
+    matchers: tuple[Matcher, ...]
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    comment: str
+    state: str  # active | pending | expired
+
+
+class AlertManager(Protocol):
+    """Alertmanager's API v2: what fires now, and silences."""
+
+    async def alerts(self, matchers: Sequence[Matcher] = (), *, silenced: bool = True) -> list[Alert]: ...
+
+    async def silence(self, matchers: Sequence[Matcher], ends_at: datetime, created_by: str, comment: str) -> str:
+        """Create a silence; its id."""
+        ...
+
+    async def expire(self, silence_id: str) -> None: ...
+
+    async def silences(self) -> list[Silence]: ...
+
+    async def check(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Series:
+    labels: tuple[tuple[str, str], ...]
+    points: tuple[tuple[float, float], ...]  # (unix seconds, value)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A PromQL result: `kind` is vector, matrix, scalar or string."""
+
+    kind: str
+    series: tuple[Series, ...] = ()
+    scalar: str | None = None
+
+
+class MetricsSource(Protocol):
+    """Prometheus (or a compatible API)."""
+
+    async def query(self, promql: str, at: datetime | None = None) -> QueryResult: ...
+
+    async def query_range(self, promql: str, start: datetime, end: datetime, step_s: float) -> QueryResult: ...
+
+    async def check(self) -> str: ...
+
+
+class ChartRenderer(Protocol):
+    """Draws series as a PNG."""
+
+    async def line_chart(self, title: str, series: Sequence[Series], *, unit: str = "") -> bytes: ...
+
+
+class MonitoringHost(Protocol):
+    """Nagios: acknowledge problems and read status."""
+
+    async def acknowledge(self, host: str, service: str | None, author: str, comment: str) -> None: ...
+
+    async def status(self, host: str, service: str | None) -> str:
+        """OK / WARNING / CRITICAL / UNKNOWN (UP / DOWN for hosts); AdapterNotFound if unknown."""
+        ...
+
+    async def check(self) -> str: ...
+
+
+class Dashboards(Protocol):
+    """Grafana: render a panel as PNG (AdapterError when no image renderer is installed)."""
+
+    async def render(
+        self, dashboard_uid: str, panel_id: int, *, minutes: int = 60, width: int = 1000, height: int = 500
+    ) -> bytes: ...
+
+    async def check(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    truncated: bool = False
+
+
+class LogSearch(Protocol):
+    """Splunk: run a search and return its rows."""
+
+    async def search(
+        self, query: str, *, earliest: str = "-15m", latest: str = "now", limit: int = 1000
+    ) -> SearchResult: ...
+
+    async def check(self) -> str: ...
