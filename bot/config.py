@@ -164,6 +164,37 @@ class SmokeConfig(_Model):
     pages: list[SmokePage] = Field(min_length=1)
 
 
+class AfterFirings(_Model):
+    """Only card a group once its alerts fired `firings` times within `within` (flapping guard)."""
+
+    firings: int = Field(2, ge=1)
+    within: Duration = Field(timedelta(minutes=10))
+
+
+class AlertRoute(_Model):
+    """Where alerts whose labels match go, and how loud they may be."""
+
+    match: dict[str, str] = Field(default_factory=dict, description="labels that must be equal")
+    match_re: dict[str, str] = Field(default_factory=dict, description="labels that must match a regex")
+    channel: str | None = None
+    min_severity: Literal["critical", "warning", "info"] = "info"
+    after: AfterFirings | None = None
+
+
+class StormConfig(_Model):
+    groups_per_minute: int = Field(10, ge=1, description="more new groups than this in a channel -> one digest")
+
+
+class AlertsConfig(_Model):
+    """The alert pipeline: routes (first match wins), storm mode, release correlation."""
+
+    channel: str | None = Field(None, description="default channel (else channels.alerts, else channels.default)")
+    routes: list[AlertRoute] = Field(default_factory=list)
+    storm: StormConfig = StormConfig()
+    correlate_within: Duration = Field(timedelta(minutes=30), description="a release this recent is named")
+    silence_hours: list[int] = Field(default_factory=lambda: [1, 4, 24])
+
+
 class ServiceConfig(_Model):
     """A service: how it is built, checked, deployed and watched."""
 
@@ -173,7 +204,7 @@ class ServiceConfig(_Model):
     tracker: str | None = None
     repo: dict[str, Any] | None = Field(None, description="typed by the code stage")
     deploy: dict[str, Any] | None = Field(None, description="typed by the deploy stage")
-    alerts: dict[str, Any] | None = Field(None, description="typed by the monitor stage")
+    alerts: AlertRoute | None = Field(None, description="route for this service's alerts (match defaults to service)")
 
 
 class Config(_Model):
@@ -192,6 +223,7 @@ class Config(_Model):
         default_factory=dict, description="policy key (plan.done) -> approval rule"
     )
     plan: PlanConfig = PlanConfig()
+    alerts: AlertsConfig = AlertsConfig()
     console: ConsoleConfig = ConsoleConfig()
     slack: SlackConfig = SlackConfig()
     services: dict[str, ServiceConfig] = Field(default_factory=dict)

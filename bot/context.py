@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,10 +21,25 @@ from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.policy import Policy
 from bot.poller import Poller
-from bot.ports import Browser, CIServer, Directory, SqlStore, TestResultsReader, Tracker
+from bot.ports import (
+    AlertManager,
+    AlertSource,
+    Browser,
+    ChartRenderer,
+    CIServer,
+    Dashboards,
+    Directory,
+    LogSearch,
+    MetricsSource,
+    MonitoringHost,
+    SqlStore,
+    TestResultsReader,
+    Tracker,
+)
 from bot.redact import Redactor
 
 if TYPE_CHECKING:
+    from bot.alerts import AlertPipeline
     from bot.router import Router
 
 
@@ -54,6 +70,20 @@ class Services:
     test_reader: TestResultsReader | None = None
     browser: Browser | None = None
     poller: Poller = field(default_factory=Poller)
+    alert_sources: dict[str, AlertSource] = field(default_factory=dict)
+    alertmanager: AlertManager | None = None
+    prometheus: MetricsSource | None = None
+    charts: ChartRenderer | None = None
+    nagios: MonitoringHost | None = None
+    grafana: Dashboards | None = None
+    splunk: LogSearch | None = None
+
+    @functools.cached_property
+    def alerts(self) -> AlertPipeline:
+        """The alert pipeline (built on first use; it needs the other services)."""
+        from bot.alerts import AlertPipeline
+
+        return AlertPipeline(self)
 
     async def post(
         self,

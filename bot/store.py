@@ -359,3 +359,35 @@ def m002_builds_and_tests(db: Database) -> None:
         "CREATE TABLE hook_deliveries (source TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,"
         " PRIMARY KEY (source, key))"
     )
+
+
+@MIGRATIONS()
+def m003_alerts(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE alert_groups (
+            id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, source TEXT NOT NULL, title TEXT NOT NULL,
+            channel TEXT NOT NULL, status TEXT NOT NULL, severity TEXT NOT NULL, service TEXT, env TEXT,
+            labels TEXT NOT NULL DEFAULT '{}', shown INTEGER NOT NULL DEFAULT 1, digest_id INTEGER,
+            first_seen REAL NOT NULL, last_change REAL NOT NULL, resolved_at REAL,
+            fire_count INTEGER NOT NULL DEFAULT 0, fire_window REAL,
+            silence_id TEXT, silenced_by TEXT, silence_until REAL, acked_by TEXT, acked_at REAL,
+            snoozed_until REAL, ticket TEXT, release TEXT, truncated INTEGER NOT NULL DEFAULT 0)"""
+    )
+    db.execute("CREATE INDEX alert_groups_channel ON alert_groups(channel, first_seen)")
+    db.execute("CREATE INDEX alert_groups_status ON alert_groups(status, last_change)")
+    db.execute(
+        """CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
+            group_id INTEGER REFERENCES alert_groups(id), status TEXT NOT NULL, name TEXT NOT NULL,
+            severity TEXT NOT NULL, labels TEXT NOT NULL, annotations TEXT NOT NULL, summary TEXT NOT NULL,
+            value TEXT, links TEXT NOT NULL DEFAULT '[]', generator_url TEXT, starts_at REAL, ends_at REAL,
+            first_seen REAL NOT NULL, last_seen REAL NOT NULL, firings INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (source, fingerprint))"""
+    )
+    db.execute("CREATE INDEX alerts_group ON alerts(group_id, status)")
+    db.execute("CREATE INDEX alerts_status ON alerts(status, last_seen)")
+    db.execute(
+        """CREATE TABLE alert_digests (
+            id INTEGER PRIMARY KEY, channel TEXT NOT NULL, started_at REAL NOT NULL, last_at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX alert_digests_channel ON alert_digests(channel, last_at)")

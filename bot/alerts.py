@@ -1,0 +1,689 @@
+"""The alert pipeline: normalize -> dedupe -> group -> route -> card, for every source.
+
+Sources turn their payloads into `Alert`s (adapters). Here, in one transaction per delivery: each alert
+is upserted by (source, fingerprint), so a repeat changes nothing; its group (the source's group key)
+is created on first sight with a channel from the routes; the group's card is posted once and then
+only edited (firing, more alerts, resolved, silenced, acknowledged), with one thread message per alert
+the first time it fires. Noise control: a route's minimum severity, "only after N firings within M",
+snooze, and storm mode: when a channel receives more new groups per minute than configured, new groups
+join one digest card (counts by alert name and severity, top groups) and get a line each in its thread
+instead of their own cards. Nothing is dropped: every alert is reachable from a card or a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlite_utils import Database
+
+from bot import views as v
+from bot.clock import iso
+from bot.config import AlertRoute, Config
+from bot.durations import format_duration
+from bot.ports import Alert, AlertBatch, AlertStatus, Severity
+from bot.store import one, rows
+
+if TYPE_CHECKING:
+    from bot.context import Services
+
+_RANK = {s.value: s.rank for s in Severity}
+_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+DETAILS_IN_CARD = 8
+STORM_WINDOW = 60.0
+DIGEST_IDLE = 300.0  # a digest stays open this long after its last group
+
+
+@dataclass(frozen=True)
+class Group:
+    """An alert group and its card's state."""
+
+    id: int
+    key: str
+    source: str
+    title: str
+    channel: str
+    status: str
+    severity: str
+    service: str | None
+    env: str | None
+    labels: dict[str, str]
+    shown: bool
+    digest_id: int | None
+    first_seen: float
+    last_change: float
+    resolved_at: float | None
+    silence_id: str | None
+    silenced_by: str | None
+    silence_until: float | None
+    acked_by: str | None
+    snoozed_until: float | None
+    ticket: str | None
+    release: dict[str, Any] | None
+    truncated: int
+
+    @property
+    def card_key(self) -> str:
+        return f"alerts:{self.id}"
+
+    @property
+    def firing(self) -> bool:
+        return self.status == AlertStatus.FIRING.value
+
+
+def _group(r: dict[str, Any]) -> Group:
+    return Group(
+        id=r["id"],
+        key=r["key"],
+        source=r["source"],
+        title=r["title"],
+        channel=r["channel"],
+        status=r["status"],
+        severity=r["severity"],
+        service=r["service"],
+        env=r["env"],
+        labels=json.loads(r["labels"]),
+        shown=bool(r["shown"]),
+        digest_id=r["digest_id"],
+        first_seen=r["first_seen"],
+        last_change=r["last_change"],
+        resolved_at=r["resolved_at"],
+        silence_id=r["silence_id"],
+        silenced_by=r["silenced_by"],
+        silence_until=r["silence_until"],
+        acked_by=r["acked_by"],
+        snoozed_until=r["snoozed_until"],
+        ticket=r["ticket"],
+        release=json.loads(r["release"]) if r["release"] else None,
+        truncated=r["truncated"],
+    )
+
+
+@dataclass(frozen=True)
+class StoredAlert:
+    id: int
+    source: str
+    fingerprint: str
+    status: str
+    name: str
+    severity: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    summary: str
+    value: str | None
+    links: list[list[str]]
+    generator_url: str | None
+    starts_at: float | None
+    ends_at: float | None
+
+
+def _alert(r: dict[str, Any]) -> StoredAlert:
+    return StoredAlert(
+        id=r["id"],
+        source=r["source"],
+        fingerprint=r["fingerprint"],
+        status=r["status"],
+        name=r["name"],
+        severity=r["severity"],
+        labels=json.loads(r["labels"]),
+        annotations=json.loads(r["annotations"]),
+        summary=r["summary"],
+        value=r["value"],
+        links=json.loads(r["links"]),
+        generator_url=r["generator_url"],
+        starts_at=r["starts_at"],
+        ends_at=r["ends_at"],
+    )
+
+
+@dataclass(frozen=True)
+class Ingested:
+    alerts: int
+    new_groups: int
+    changed_groups: int
+
+
+def _ts(d: datetime | None) -> float | None:
+    return d.timestamp() if d else None
+
+
+def _matches(route: AlertRoute, labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != val for k, val in route.match.items()):
+        return False
+    return all(re.fullmatch(rx, labels.get(k, "")) for k, rx in route.match_re.items())
+
+
+def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, has_query: bool) -> list[v.Button]:
+    """The card's buttons for the group's current state."""
+    ref = json.dumps({"group": g.id})
+    out: list[v.Button] = []
+    if g.firing:
+        if g.silence_id:
+            out.append(v.Button("Unsilence", "alert.unsilence", ref))
+        else:
+            out.extend(
+                v.Button(f"Silence {h}h", "alert.silence", json.dumps({"group": g.id, "hours": h}))
+                for h in silence_hours
+            )
+            out.append(v.Button("Silence…", "alert.silence_form", ref))
+        if not g.acked_by:
+            out.append(v.Button("Acknowledge", "alert.ack", ref, v.Style.PRIMARY))
+    if runbook:
+        out.append(v.Button("Runbook", "alert.runbook", ref, url=runbook))
+    if has_query:
+        out.append(v.Button("Graph", "alert.graph", ref))
+    if g.release and g.firing:
+        out.append(
+            v.Button(
+                "Rollback",
+                "deploy.rollback",
+                json.dumps({"service": g.release.get("service"), "env": g.release.get("env"), "group": g.id}),
+                v.Style.DANGER,
+                confirm=v.Confirm(
+                    "Roll back?",
+                    f"Roll {g.release.get('service')} in {g.release.get('env')} back to the"
+                    " version before this release?",
+                    "Roll back",
+                ),
+            )
+        )
+    if not g.ticket:
+        out.append(v.Button("Create ticket", "alert.ticket", ref))
+    return out
+
+
+def card(
+    g: Group, alerts: Sequence[StoredAlert], *, now: float, silence_hours: Sequence[int] = (1, 4, 24)
+) -> v.Message:
+    """The group's card: state, counts, the first few alerts, who acted, and the buttons."""
+    firing = [a for a in alerts if a.status == AlertStatus.FIRING.value]
+    resolved = [a for a in alerts if a.status != AlertStatus.FIRING.value]
+    head = f"{_ICON.get(g.severity, '🔥')} FIRING: {g.title}" if g.firing else f"✅ RESOLVED: {g.title}"
+    fields: list[tuple[str, str]] = [
+        ("Severity", g.severity),
+        ("Alerts", f"{len(firing)} firing, {len(resolved)} resolved"),
+    ]
+    if g.service:
+        fields.append(("Service", f"`{v.esc(g.service)}`" + (f" in `{v.esc(g.env)}`" if g.env else "")))
+    since = f"{iso(g.first_seen)}"
+    if g.resolved_at and not g.firing:
+        since += f" · resolved after {format_duration_s(g.resolved_at - g.first_seen)}"
+    fields.append(("Since", since))
+    blocks: list[v.Block] = [v.Header(head[:150]), v.Section(fields=tuple(fields))]
+    lines = []
+    for a in (firing + resolved)[:DETAILS_IN_CARD]:
+        mark = "🔥" if a.status == AlertStatus.FIRING.value else "✅"
+        lines.append(f"{mark} *{v.esc(a.name)}* {v.esc(a.summary[:200])}")
+    more = len(alerts) - DETAILS_IN_CARD
+    if more > 0:
+        lines.append(f"…and {more} more in the thread")
+    if g.truncated:
+        lines.append(f"_(the source left out {g.truncated} alerts of this group)_")
+    if lines:
+        blocks.append(v.Section("\n".join(lines)))
+    notes = []
+    if g.release:
+        r = g.release
+        minutes = max(0, int((g.first_seen - float(r.get("at", g.first_seen))) // 60))
+        notes.append(
+            f"🚀 started {minutes} min after {v.esc(str(r.get('service')))} {v.esc(str(r.get('version')))}"
+            f" to {v.esc(str(r.get('env')))}" + (f" by <@{r['by']}>" if r.get("by") else "")
+        )
+    if g.silence_id and g.silence_until and g.silence_until > now:
+        notes.append(f"🔕 silenced by <@{g.silenced_by}> until {iso(g.silence_until)}")
+    if g.acked_by:
+        notes.append(
+            f"👀 acknowledged by <@{g.acked_by}>"
+            if g.acked_by.startswith(("U", "W"))
+            else f"👀 acknowledged by {v.esc(g.acked_by)}"
+        )
+    if g.snoozed_until and g.snoozed_until > now:
+        notes.append(f"💤 snoozed until {iso(g.snoozed_until)}")
+    if g.ticket:
+        notes.append(f"🎫 ticket {v.esc(g.ticket)}")
+    if notes:
+        blocks.append(v.Context(tuple(notes[:10])))
+    runbook = next((a.annotations.get("runbook_url") for a in alerts if a.annotations.get("runbook_url")), None)
+    has_query = any(a.generator_url and "g0.expr=" in a.generator_url for a in alerts)
+    buttons = alert_buttons(g, silence_hours, runbook, has_query)
+    if buttons:
+        blocks.append(v.Actions(tuple(buttons)))
+    blocks.append(v.Context((f"{g.source} · group `{g.id}`",)))
+    return v.Message(head, tuple(blocks))
+
+
+def format_duration_s(seconds: float) -> str:
+    """`1h30m` for a number of seconds."""
+    return format_duration(timedelta(seconds=int(max(0, seconds))))
+
+
+def detail(a: StoredAlert) -> v.Message:
+    """One alert in its group's thread: labels, value, links."""
+    labels = " ".join(f"`{v.esc(k)}={v.esc(val)}`" for k, val in sorted(a.labels.items()))[:2500]
+    lines = [f"🔥 *{v.esc(a.name)}* ({a.severity}) {v.esc(a.summary[:500])}", labels]
+    if a.value:
+        lines.append(f"value: `{v.esc(a.value[:200])}`")
+    links = " · ".join(f"<{url}|{v.esc(what)}>" for what, url in a.links if url.startswith(("http://", "https://")))
+    if links:
+        lines.append(links)
+    return v.Message(f"{a.name}: {a.summary[:150]}", (v.Section("\n".join(lines)),))
+
+
+def digest_card(channel: str, groups: Sequence[Group], alert_counts: dict[int, int], started: float) -> v.Message:
+    """One card for a storm: counts by alert name and severity, and the biggest groups."""
+    by_sev = Counter(g.severity for g in groups)
+    by_name = Counter(g.title for g in groups)
+    firing = sum(1 for g in groups if g.firing)
+    total_alerts = sum(alert_counts.values())
+    head = f"🌩️ Alert storm in {channel}: {len(groups)} groups, {total_alerts} alerts"
+    sev = ", ".join(f"{_ICON.get(s, '')} {s} {n}" for s, n in sorted(by_sev.items(), key=lambda x: _RANK.get(x[0], 9)))
+    names = "\n".join(f"• {v.esc(n)} ×{c}" for n, c in by_name.most_common(8))
+    top = sorted(groups, key=lambda g: -alert_counts.get(g.id, 0))[:5]
+    tops = "\n".join(
+        f"• {'🔥' if g.firing else '✅'} {v.esc(g.title)} — {alert_counts.get(g.id, 0)} alerts" for g in top
+    )
+    return v.Message(
+        head,
+        (
+            v.Header(head[:150]),
+            v.Section(
+                fields=(
+                    ("Firing groups", str(firing)),
+                    ("Resolved groups", str(len(groups) - firing)),
+                    ("By severity", sev or "—"),
+                    ("Since", iso(started)),
+                ),
+            ),
+            v.Section(f"*By alert*\n{names}"),
+            v.Section(f"*Biggest groups*\n{tops}"),
+            v.Context(("One line per group in the thread; each keeps its own buttons there.",)),
+        ),
+    )
+
+
+class AlertPipeline:
+    """See the module docstring."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    @property
+    def config(self) -> Config:
+        return self.s.config
+
+    def default_channel(self) -> str:
+        c = self.config
+        return c.alerts.channel or c.channels.alerts or c.channels.default
+
+    def route(self, labels: dict[str, str]) -> AlertRoute:
+        """The first route whose matchers hold (service routes first), or a catch-all."""
+        for name, svc in self.config.services.items():
+            if svc.alerts is not None:
+                r = (
+                    svc.alerts
+                    if (svc.alerts.match or svc.alerts.match_re)
+                    else svc.alerts.model_copy(update={"match": {"service": name}})
+                )
+                if _matches(r, labels):
+                    return r if r.channel else r.model_copy(update={"channel": svc.channel})
+        for r in self.config.alerts.routes:
+            if _matches(r, labels):
+                return r
+        return AlertRoute()
+
+    async def ingest(self, batch: AlertBatch) -> Ingested:
+        """Store one delivery and update (or post) every card it touches, in one transaction."""
+        now = self.s.clock.now()
+        result = await self.s.store.write(lambda db: self._ingest(db, batch, now))
+        self.s.outbox.kick()
+        return result
+
+    def _ingest(self, db: Database, batch: AlertBatch, now: float) -> Ingested:
+        touched: dict[int, set[int]] = {}  # group id -> alert ids new to it or changed
+        created: set[int] = set()
+        changed_groups: set[int] = set()
+        routes: dict[str, AlertRoute] = {}
+        for a in batch.alerts:
+            gkey = f"{a.source}:{a.group_key}"
+            labels = dict(a.labels)
+            route = routes.get(gkey) or routes.setdefault(gkey, self.route(labels))
+            visible = a.severity.rank <= Severity(route.min_severity).rank
+            g = one(db, "SELECT id FROM alert_groups WHERE key = ?", (gkey,))
+            if g is None:
+                gid = self._new_group(db, a, gkey, route, batch, now, visible)
+                created.add(gid)
+            else:
+                gid = int(g["id"])
+            prev = one(
+                db,
+                "SELECT id, status, group_id FROM alerts WHERE source = ? AND fingerprint = ?",
+                (a.source, a.fingerprint),
+            )
+            status = a.status.value
+            row = (
+                a.source,
+                a.fingerprint,
+                gid,
+                status,
+                a.name,
+                a.severity.value,
+                json.dumps(labels),
+                json.dumps(dict(a.annotations)),
+                self.s.redactor.text(a.summary)[:2000],
+                a.value,
+                json.dumps([list(x) for x in a.links]),
+                a.generator_url,
+                _ts(a.starts_at),
+                _ts(a.ends_at),
+                now,
+                now,
+            )
+            if prev is None:
+                cur = db.execute(
+                    "INSERT INTO alerts (source, fingerprint, group_id, status, name, severity, labels, annotations,"
+                    " summary, value, links, generator_url, starts_at, ends_at, first_seen, last_seen)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                touched.setdefault(gid, set()).add(int(cur.lastrowid or 0))
+                if status == AlertStatus.FIRING.value:
+                    self._count_firing(db, gid, route, now)
+            elif prev["status"] != status or prev["group_id"] != gid:
+                db.execute(
+                    "UPDATE alerts SET group_id = ?, status = ?, severity = ?, summary = ?, value = ?, ends_at = ?,"
+                    " starts_at = ?, last_seen = ?, firings = firings + ? WHERE id = ?",
+                    (
+                        gid,
+                        status,
+                        a.severity.value,
+                        row[8],
+                        a.value,
+                        _ts(a.ends_at),
+                        _ts(a.starts_at),
+                        now,
+                        1 if status == AlertStatus.FIRING.value else 0,
+                        prev["id"],
+                    ),
+                )
+                changed_groups.add(gid)
+                if status == AlertStatus.FIRING.value:
+                    touched.setdefault(gid, set()).add(int(prev["id"]))
+                    self._count_firing(db, gid, route, now)
+            else:
+                # A repeat notification: nothing to say, only that we heard it again.
+                db.execute("UPDATE alerts SET last_seen = ? WHERE id = ?", (now, prev["id"]))
+        if batch.truncated and batch.alerts:
+            gkey = f"{batch.alerts[0].source}:{batch.alerts[0].group_key}"
+            db.execute("UPDATE alert_groups SET truncated = ? WHERE key = ?", (batch.truncated, gkey))
+        for gid in set(touched) | changed_groups | created:
+            self._refresh_group(db, gid, now, new=gid in created, new_alerts=touched.get(gid, set()))
+        return Ingested(len(batch.alerts), len(created), len(changed_groups - created))
+
+    def _new_group(
+        self, db: Database, a: Alert, gkey: str, route: AlertRoute, batch: AlertBatch, now: float, visible: bool
+    ) -> int:
+        labels = dict(batch.group_labels) or {"alertname": a.name}
+        title = a.name
+        extra = [val for k, val in sorted(labels.items()) if k != "alertname"]
+        if extra:
+            title = f"{a.name} ({', '.join(extra)})"
+        service = a.label("service") or a.label("app") or None
+        env = a.label("env") or a.label("environment") or None
+        channel = route.channel or self.default_channel()
+        release = self._release(db, service, env, now)
+        cur = db.execute(
+            "INSERT INTO alert_groups (key, source, title, channel, status, severity, service, env, labels, shown,"
+            " first_seen, last_change, fire_window, release) VALUES (?, ?, ?, ?, 'firing', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                gkey,
+                a.source,
+                title[:140],
+                channel,
+                a.severity.value,
+                service,
+                env,
+                json.dumps(labels),
+                1 if visible and route.after is None else 0,
+                now,
+                now,
+                now,
+                json.dumps(release) if release else None,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _release(self, db: Database, service: str | None, env: str | None, now: float) -> dict[str, Any] | None:
+        if not service:
+            return None
+        since = now - self.config.alerts.correlate_within.total_seconds()
+        r = one(
+            db,
+            "SELECT * FROM events WHERE kind = 'deploy.finished' AND service = ? AND at >= ?"
+            + (" AND env = ?" if env else "")
+            + " ORDER BY at DESC LIMIT 1",
+            (service, since, env) if env else (service, since),
+        )
+        if r is None:
+            return None
+        detail = json.loads(r["detail"])
+        return {
+            "service": service,
+            "env": r["env"],
+            "version": r["ref"],
+            "by": r["actor"],
+            "at": r["at"],
+            "release": detail.get("release"),
+        }
+
+    def _count_firing(self, db: Database, gid: int, route: AlertRoute, now: float) -> None:
+        g = one(db, "SELECT fire_count, fire_window, shown, severity FROM alert_groups WHERE id = ?", (gid,))
+        assert g is not None
+        after = route.after
+        if after is None or g["shown"]:
+            db.execute("UPDATE alert_groups SET fire_count = fire_count + 1 WHERE id = ?", (gid,))
+            return
+        window = after.within.total_seconds()
+        count, start = int(g["fire_count"]) + 1, float(g["fire_window"] or now)
+        if now - start > window:
+            count, start = 1, now
+        show = count >= after.firings and Severity(g["severity"]).rank <= Severity(route.min_severity).rank
+        db.execute(
+            "UPDATE alert_groups SET fire_count = ?, fire_window = ?, shown = ? WHERE id = ?",
+            (count, start, int(show), gid),
+        )
+
+    def _digest_for(self, db: Database, channel: str, now: float) -> int | None:
+        """The open storm digest of a channel, opening one when the rate says so."""
+        open_digest = one(
+            db,
+            "SELECT id FROM alert_digests WHERE channel = ? AND last_at >= ? ORDER BY id DESC",
+            (channel, now - DIGEST_IDLE),
+        )
+        recent = db.execute(
+            "SELECT count(*) FROM alert_groups WHERE channel = ? AND first_seen >= ?", (channel, now - STORM_WINDOW)
+        ).fetchone()[0]
+        if open_digest is not None and recent > 1:
+            db.execute("UPDATE alert_digests SET last_at = ? WHERE id = ?", (now, open_digest["id"]))
+            return int(open_digest["id"])
+        if recent > self.config.alerts.storm.groups_per_minute:
+            cur = db.execute(
+                "INSERT INTO alert_digests (channel, started_at, last_at) VALUES (?, ?, ?)", (channel, now, now)
+            )
+            return int(cur.lastrowid or 0)
+        return None
+
+    def _refresh_group(self, db: Database, gid: int, now: float, *, new: bool, new_alerts: set[int]) -> None:
+        gr = one(db, "SELECT * FROM alert_groups WHERE id = ?", (gid,))
+        assert gr is not None
+        alerts = [
+            _alert(r)
+            for r in rows(db, "SELECT * FROM alerts WHERE group_id = ? ORDER BY status = 'firing' DESC, id", (gid,))
+        ]
+        firing = any(a.status == AlertStatus.FIRING.value for a in alerts)
+        status = AlertStatus.FIRING.value if firing else AlertStatus.RESOLVED.value
+        severity = min(
+            (a.severity for a in alerts if a.status == AlertStatus.FIRING.value),
+            key=lambda s: _RANK.get(s, 9),
+            default=gr["severity"],
+        )
+        resolved_at = None if firing else (gr["resolved_at"] or now)
+        if (status, severity, resolved_at) != (gr["status"], gr["severity"], gr["resolved_at"]):
+            db.execute(
+                "UPDATE alert_groups SET status = ?, severity = ?, resolved_at = ?, last_change = ? WHERE id = ?",
+                (status, severity, resolved_at, now, gid),
+            )
+            if status != gr["status"]:
+                self._event(db, gr, "alert.resolved" if status == "resolved" else "alert.fired", now)
+            gr = one(db, "SELECT * FROM alert_groups WHERE id = ?", (gid,))
+            assert gr is not None
+        if new and gr["status"] == "firing":
+            self._event(db, gr, "alert.fired", now)
+        g = _group(gr)
+        if not g.shown:
+            return  # below the route's bar (severity, firings): stored, listed by `alerts`, no card
+        if g.digest_id is None and new:
+            digest = self._digest_for(db, g.channel, now)
+            if digest is not None:
+                db.execute("UPDATE alert_groups SET digest_id = ? WHERE id = ?", (digest, gid))
+                g = _group({**gr, "digest_id": digest})
+        snoozed = bool(g.snoozed_until and g.snoozed_until > now)
+        if g.digest_id is not None:
+            self._refresh_digest(db, g, alerts, now)
+            return
+        message = card(g, alerts, now=now, silence_hours=self.config.alerts.silence_hours)
+        self.s.post_in(db, g.channel, message, key=g.card_key, dedupe=f"post:{g.card_key}")
+        if snoozed:
+            return
+        for a in alerts:
+            if a.id in new_alerts:
+                self.s.post_in(
+                    db,
+                    g.channel,
+                    detail(a),
+                    thread_key=g.card_key,
+                    dedupe=f"alert:{a.source}:{a.fingerprint}:{a.starts_at}",
+                )
+
+    def _refresh_digest(self, db: Database, g: Group, alerts: Sequence[StoredAlert], now: float) -> None:
+        digest_id = g.digest_id
+        d = one(db, "SELECT * FROM alert_digests WHERE id = ?", (digest_id,))
+        assert d is not None
+        groups = [_group(r) for r in rows(db, "SELECT * FROM alert_groups WHERE digest_id = ?", (digest_id,))]
+        counts = {
+            int(r["group_id"]): int(r["n"])
+            for r in rows(
+                db,
+                "SELECT group_id, count(*) AS n FROM alerts WHERE group_id IN"
+                " (SELECT id FROM alert_groups WHERE digest_id = ?) GROUP BY group_id",
+                (digest_id,),
+            )
+        }
+        key = f"digest:{digest_id}"
+        self.s.post_in(
+            db, g.channel, digest_card(g.channel, groups, counts, d["started_at"]), key=key, dedupe=f"post:{key}"
+        )
+        # Each group keeps one line (with its buttons) in the digest's thread, edited in place.
+        line = card(g, alerts, now=now, silence_hours=self.config.alerts.silence_hours)
+        self.s.post_in(db, g.channel, line, key=g.card_key, thread_key=key, dedupe=f"post:{g.card_key}")
+
+    def _event(self, db: Database, gr: dict[str, Any], kind: str, now: float) -> None:
+        db.execute(
+            "INSERT INTO events (at, kind, service, env, ref, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                now,
+                kind,
+                gr["service"],
+                gr["env"],
+                str(gr["id"]),
+                json.dumps({"group": gr["id"], "title": gr["title"], "severity": gr["severity"]}),
+            ),
+        )
+
+    # --- what people do to a group ------------------------------------------------------------------
+
+    async def get(self, group_id: int) -> Group | None:
+        """A group by id."""
+        r = await self.s.store.read(lambda db: one(db, "SELECT * FROM alert_groups WHERE id = ?", (group_id,)))
+        return _group(r) if r else None
+
+    async def alerts_of(self, group_id: int) -> list[StoredAlert]:
+        """Every alert of a group, firing first."""
+        found = await self.s.store.read(
+            lambda db: rows(
+                db, "SELECT * FROM alerts WHERE group_id = ? ORDER BY status = 'firing' DESC, id", (group_id,)
+            )
+        )
+        return [_alert(r) for r in found]
+
+    async def change(self, group_id: int, event: str | None = None, actor: str | None = None, **fields: Any) -> Group:
+        """Set fields of a group (silence, ack, snooze, ticket), record the event, and refresh its card."""
+        allowed = {"silence_id", "silenced_by", "silence_until", "acked_by", "acked_at", "snoozed_until", "ticket"}
+        assert set(fields) <= allowed, fields
+        now = self.s.clock.now()
+
+        def tx(db: Database) -> Group:
+            if fields:
+                sets = ", ".join(f"{k} = :{k}" for k in fields)
+                db.execute(
+                    f"UPDATE alert_groups SET {sets}, last_change = :now WHERE id = :id",
+                    {**fields, "now": now, "id": group_id},
+                )
+            gr = one(db, "SELECT * FROM alert_groups WHERE id = ?", (group_id,))
+            assert gr is not None
+            if event:
+                db.execute(
+                    "INSERT INTO events (at, kind, service, env, ref, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        now,
+                        event,
+                        gr["service"],
+                        gr["env"],
+                        str(group_id),
+                        actor,
+                        json.dumps(
+                            {
+                                "group": group_id,
+                                **{k: val for k, val in fields.items() if isinstance(val, str | int | float)},
+                            }
+                        ),
+                    ),
+                )
+            self._refresh_group(db, group_id, now, new=False, new_alerts=set())
+            return _group(gr)
+
+        g = await self.s.store.write(tx)
+        self.s.outbox.kick()
+        return g
+
+    async def firing(self, limit: int = 200) -> list[tuple[Group, list[StoredAlert]]]:
+        """Groups firing now with their firing alerts, most severe first."""
+
+        def q(db: Database) -> list[tuple[Group, list[StoredAlert]]]:
+            gs = [
+                _group(r)
+                for r in rows(
+                    db, "SELECT * FROM alert_groups WHERE status = 'firing' ORDER BY last_change DESC LIMIT ?", (limit,)
+                )
+            ]
+            out = []
+            for g in gs:
+                out.append(
+                    (
+                        g,
+                        [
+                            _alert(r)
+                            for r in rows(
+                                db, "SELECT * FROM alerts WHERE group_id = ? AND status = 'firing' ORDER BY id", (g.id,)
+                            )
+                        ],
+                    )
+                )
+            out.sort(key=lambda x: (_RANK.get(x[0].severity, 9), -x[0].last_change))
+            return out
+
+        return await self.s.store.read(q)
