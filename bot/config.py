@@ -115,6 +115,7 @@ class GrafanaConfig(_Model):
     url: str = Field(description="e.g. https://grafana.example.com")
     token_env: str | None = Field(None, description="service account token")
     timeout: Duration = Field(timedelta(seconds=30), description="rendering a panel can be slow")
+    panels: dict[str, str] = Field(default_factory=dict, description="name -> DASHBOARD_UID/PANEL_ID for `graph`")
 
 
 class NagiosConfig(_Model):
