@@ -1,0 +1,161 @@
+"""The alert pipeline into the Slack emulator: one card per group, edited in place; noise control; storms."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.ports import Alert, AlertBatch, AlertStatus, Severity
+from bot.store import rows
+from tests.emulators.slack import SlackEmulator
+from tests.support import SlackHarness, slack_ops, slack_workspace
+
+
+@pytest.fixture
+async def emu():
+    async with SlackEmulator(post_burst=1000, post_rate_per_channel=1000) as e:
+        slack_workspace(e)
+        e.add_channel("C0ALERTS", "alerts")
+        e.add_channel("C0API", "team-api")
+        yield e
+
+
+def alert(
+    name: str,
+    fp: str,
+    status: AlertStatus = AlertStatus.FIRING,
+    *,
+    group: str | None = None,
+    severity: Severity = Severity.CRITICAL,
+    **labels: str,
+) -> Alert:
+    labels = {"alertname": name, **labels}
+    return Alert(
+        source="alertmanager",
+        fingerprint=fp,
+        status=status,
+        name=name,
+        severity=severity,
+        group_key=group or f'{{}}:{{alertname="{name}"}}',
+        labels=tuple(sorted(labels.items())),
+        annotations=(("summary", f"{name} on {fp}"),),
+        starts_at=datetime(2026, 1, 1, tzinfo=UTC),
+        generator_url="http://prom:9090/graph?g0.expr=up%3D%3D0&g0.tab=1",
+    )
+
+
+def batch(*alerts: Alert) -> AlertBatch:
+    return AlertBatch("alertmanager", tuple(alerts), group_labels=(("alertname", alerts[0].name),))
+
+
+CONFIG: dict[str, Any] = {
+    "channels": {"default": "#ops", "alerts": "#alerts"},
+    "services": {"api": {"channel": "#team-api", "alerts": {"match": {"service": "api"}}}},
+    "alerts": {"storm": {"groups_per_minute": 5}},
+}
+
+
+def cards(h: SlackHarness, channel: str) -> list[Any]:
+    return h.emu.top_level(channel)
+
+
+async def test_one_card_per_group_edited_in_place(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        pipe = h.services.alerts
+        await pipe.ingest(batch(alert("HighLatency", "a1", service="api")))
+        await pipe.ingest(batch(alert("HighLatency", "a1", service="api")))  # a repeat: nothing new
+        await pipe.ingest(batch(alert("HighLatency", "a1", service="api"), alert("HighLatency", "a2", service="api")))
+        await h.settle()
+        [card] = cards(h, "C0API")  # routed by the service's route; never re-posted
+        assert "FIRING: HighLatency" in card.text
+        assert "2 firing" in json.dumps(card.blocks)
+        assert [m.text.split(":")[0] for m in emu.replies("C0API", card.ts)] == ["HighLatency", "HighLatency"]
+        await pipe.ingest(
+            batch(
+                alert("HighLatency", "a1", AlertStatus.RESOLVED, service="api"),
+                alert("HighLatency", "a2", AlertStatus.RESOLVED, service="api"),
+            )
+        )
+        await h.settle()
+        [card] = cards(h, "C0API")
+        assert card.text.startswith("✅ RESOLVED: HighLatency") and "resolved after" in json.dumps(card.blocks)
+        assert len(emu.replies("C0API", card.ts)) == 2
+        kinds = [
+            r["kind"] for r in await h.services.store.read(lambda db: rows(db, "SELECT kind FROM events ORDER BY id"))
+        ]
+        assert kinds == ["alert.fired", "alert.resolved"]
+        await pipe.ingest(batch(alert("HighLatency", "a1", service="api")))  # fires again: same card
+        await h.settle()
+        [card] = cards(h, "C0API")
+        assert "FIRING" in card.text
+
+
+async def test_severity_floor_and_firing_threshold(tmp_path: Path, emu: SlackEmulator) -> None:
+    cfg = {
+        **CONFIG,
+        "alerts": {
+            "routes": [
+                {"match": {"team": "db"}, "channel": "#alerts", "min_severity": "critical"},
+                {"match": {"team": "web"}, "channel": "#alerts", "after": {"firings": 3, "within": "10m"}},
+            ]
+        },
+    }
+    async with slack_ops(tmp_path, emu, **cfg) as h:
+        pipe = h.services.alerts
+        await pipe.ingest(batch(alert("DiskSlow", "d1", severity=Severity.WARNING, team="db")))
+        await h.settle()
+        assert cards(h, "C0ALERTS") == []  # below the route's floor: stored, not carded
+        for _ in range(2):
+            await pipe.ingest(batch(alert("Flappy", "f1", team="web")))
+            await pipe.ingest(batch(alert("Flappy", "f1", AlertStatus.RESOLVED, team="web")))
+        await h.settle()
+        assert cards(h, "C0ALERTS") == []
+        await pipe.ingest(batch(alert("Flappy", "f1", team="web")))  # third firing within 10 minutes
+        await h.settle()
+        assert [c.text for c in cards(h, "C0ALERTS")] == ["🔴 FIRING: Flappy"]
+        stored = await h.services.store.read(lambda db: rows(db, "SELECT name FROM alerts ORDER BY id"))
+        assert [r["name"] for r in stored] == ["DiskSlow", "Flappy"]  # nothing dropped
+
+
+async def test_a_storm_becomes_one_digest_and_every_alert_stays_reachable(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        pipe = h.services.alerts
+        for i in range(30):
+            await pipe.ingest(batch(alert(f"Disk{i % 4}", f"s{i}", group=f"g{i}", instance=f"n{i}")))
+        await h.settle()
+        top = cards(h, "C0ALERTS")
+        digests = [m for m in top if m.text.startswith("🌩️")]
+        assert len(digests) == 1 and len(top) == 5 + 1  # the first 5 groups got cards, then the digest
+        assert "25 groups, 25 alerts" in digests[0].text
+        thread = emu.replies("C0ALERTS", digests[0].ts)
+        assert len(thread) == 25  # one line per group, each with its buttons
+        assert all("Acknowledge" in json.dumps(m.blocks) for m in thread)
+        for i in range(30):
+            await pipe.ingest(
+                batch(alert(f"Disk{i % 4}", f"s{i}", AlertStatus.RESOLVED, group=f"g{i}", instance=f"n{i}"))
+            )
+        await h.settle()
+        assert len(cards(h, "C0ALERTS")) == 6 and len(emu.replies("C0ALERTS", digests[0].ts)) == 25
+        fields = emu.message("C0ALERTS", digests[0].ts).blocks[1]["fields"]
+        assert {"type": "mrkdwn", "text": "*Resolved groups*\n25"} in fields
+
+
+async def test_a_recent_release_is_named_on_the_card(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        now = h.services.clock.now()
+        await h.services.store.write(
+            lambda db: db.execute(
+                "INSERT INTO events (at, kind, service, env, ref, actor, detail) VALUES (?, 'deploy.finished', 'api',"
+                " 'prod', '1.4.2', 'U0DAVE', '{}')",
+                (now - 420,),
+            )
+        )
+        await h.services.alerts.ingest(batch(alert("Errors", "e1", service="api", env="prod")))
+        await h.settle()
+        [card] = cards(h, "C0API")
+        body = json.dumps(card.blocks, ensure_ascii=False)
+        assert "started 7 min after api 1.4.2 to prod by <@U0DAVE>" in body and "Rollback" in body
