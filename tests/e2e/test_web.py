@@ -94,11 +94,20 @@ async def test_bad_requests_get_a_reason_and_store_nothing(
 async def test_unknown_sources_and_query_tokens(server) -> None:
     _, http = server
     r = await http.post("/hooks/nope", json={}, headers=AUTH)
-    assert r.status == 404 and "known: alertmanager, grafana, jenkins, nagios, probe, splunk" in (await r.json())["message"]
+    assert (
+        r.status == 404
+        and "known: alertmanager, grafana, jenkins, nagios, probe, splunk" in (await r.json())["message"]
+    )
     r = await http.post(f"/hooks/probe?token={TOKEN}", json={"name": "q", "count": 1})
     assert r.status == 401  # only sources that cannot send headers may use ?token=
-    splunk_alert = {"sid": "s1", "search_name": "Errors", "results_link": "http://splunk/x", "owner": "admin",
-                    "app": "search", "result": {"host": "web01", "count": "8"}}
+    splunk_alert = {
+        "sid": "s1",
+        "search_name": "Errors",
+        "results_link": "http://splunk/x",
+        "owner": "admin",
+        "app": "search",
+        "result": {"host": "web01", "count": "8"},
+    }
     r = await http.post(f"/hooks/splunk?token={TOKEN}", json=splunk_alert)
     assert r.status == 200, await r.text()
 
