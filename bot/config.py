@@ -130,8 +130,25 @@ class SplunkConfig(_Model):
     verify_tls: bool = True
 
 
+class KubernetesConfig(_Model):
+    kubeconfig: str | None = Field(None, description="path of a kubeconfig (default ~/.kube/config)")
+    context: str | None = Field(None, description="default context; environments may name their own")
+    in_cluster: bool = Field(False, description="use the pod's service account instead of a kubeconfig")
+    timeout: Duration = Field(timedelta(seconds=10), description="per API request")
+
+
+class RegistryConfig(_Model):
+    url: str = Field(description="e.g. https://registry.example.com")
+    user: str | None = None
+    password_env: str | None = Field(None, description="password or token for basic/bearer auth")
+    timeout: Duration = Field(timedelta(seconds=10))
+
+
 class Integrations(_Model):
     """The tools opsloop talks to; each section is optional."""
+
+    kubernetes: KubernetesConfig | None = None
+    registry: RegistryConfig | None = None
 
     jenkins: JenkinsConfig | None = None
     travis: TravisConfig | None = None
@@ -196,6 +213,36 @@ class AlertsConfig(_Model):
     silence_hours: list[int] = Field(default_factory=lambda: [1, 4, 24])
 
 
+class RepoConfig(_Model):
+    """Where a service's code lives; versions map to tags (v1.2.3 or 1.2.3) or commit SHAs."""
+
+    path: str | None = Field(None, description="a local clone")
+    url: str | None = Field(None, description="a clone URL (kept as a cached bare clone)")
+    branch: str = "main"
+    ticket_url: str | None = Field(None, description="link for ticket keys, e.g. https://jira/browse/{key}")
+
+
+class DeployEnvOverride(_Model):
+    namespace: str | None = None
+    deployment: str | None = None
+    context: str | None = None
+    command: list[str] | None = None
+
+
+class DeployConfig(_Model):
+    """How a service is deployed: a Kubernetes Deployment, or a command (no shell; placeholders
+    {service} {version} {env} {image} are filled in as whole arguments)."""
+
+    target: Literal["kubernetes", "command"] = "kubernetes"
+    namespace: str | None = None
+    deployment: str | None = None
+    container: str | None = None
+    image: str | None = Field(None, description="image repository, e.g. registry.example.com/shop/api")
+    command: list[str] = Field(default_factory=list)
+    timeout: Duration = Field(timedelta(minutes=10))
+    envs: dict[str, DeployEnvOverride] = Field(default_factory=dict)
+
+
 class ServiceConfig(_Model):
     """A service: how it is built, checked, deployed and watched."""
 
@@ -203,9 +250,42 @@ class ServiceConfig(_Model):
     build: BuildConfig | None = None
     smoke: SmokeConfig | None = None
     tracker: str | None = None
-    repo: dict[str, Any] | None = Field(None, description="typed by the code stage")
-    deploy: dict[str, Any] | None = Field(None, description="typed by the deploy stage")
+    repo: RepoConfig | None = None
+    deploy: DeployConfig | None = None
     alerts: AlertRoute | None = Field(None, description="route for this service's alerts (match defaults to service)")
+
+
+class EnvApprovals(_Model):
+    required: int = Field(0, ge=0, le=10, description="0: no approval needed")
+    from_: str | None = Field(None, alias="from", description="role whose members may approve")
+    self_approval: bool = False
+    expire_after: Duration = Field(timedelta(minutes=30))
+
+
+class EnvRequires(_Model):
+    passed_in: list[str] = Field(default_factory=list, description="environments the version must be live in")
+    tests: Literal["green", "any"] = "any"
+    no_firing: list[Literal["critical", "warning", "info"]] = Field(default_factory=list)
+
+
+def _critical_only() -> list[Literal["critical", "warning", "info"]]:
+    return ["critical"]
+
+
+class EnvBake(_Model):
+    minutes: int = Field(0, ge=0)
+    rollback_on: list[Literal["critical", "warning", "info"]] = Field(default_factory=_critical_only)
+    auto_rollback: bool = False
+
+
+class EnvironmentConfig(_Model):
+    """A deploy environment and its safety rules."""
+
+    approvals: EnvApprovals = EnvApprovals()
+    requires: EnvRequires = EnvRequires()
+    bake: EnvBake = EnvBake()
+    break_glass: list[str] = Field(default_factory=list, description="roles that may override a freeze or lock")
+    channel: str | None = Field(None, description="where its release threads go (default channels.approvals)")
 
 
 class Config(_Model):
@@ -228,7 +308,7 @@ class Config(_Model):
     console: ConsoleConfig = ConsoleConfig()
     slack: SlackConfig = SlackConfig()
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
-    environments: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    environments: dict[str, EnvironmentConfig] = Field(default_factory=dict)
     integrations: Integrations = Integrations()
 
     @field_validator("roles")

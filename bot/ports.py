@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -482,5 +482,138 @@ class LogSearch(Protocol):
     async def search(
         self, query: str, *, earliest: str = "-15m", latest: str = "now", limit: int = 1000
     ) -> SearchResult: ...
+
+    async def check(self) -> str: ...
+
+
+# --- code and deploy ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    author: str
+    date: datetime
+    subject: str
+    tickets: tuple[str, ...] = ()  # keys like ABC-123 found in the message
+
+    @property
+    def short(self) -> str:
+        return self.sha[:10]
+
+
+class Repository(Protocol):
+    """A service's git repository: versions are tags (v1.2.3 or 1.2.3) or commit SHAs."""
+
+    async def resolve(self, version: str) -> str:
+        """The commit SHA of a version; AdapterNotFound when the repository has no such tag or commit."""
+        ...
+
+    async def commits_between(self, old: str | None, new: str, limit: int = 200) -> list[Commit]:
+        """Commits in `new` that are not in `old` (all of `new`'s history when old is None), newest first."""
+        ...
+
+    async def log(self, ref: str = "HEAD", limit: int = 10) -> list[Commit]: ...
+
+    async def check(self) -> str: ...
+
+
+class Registry(Protocol):
+    """A container registry (Docker Registry HTTP API v2)."""
+
+    async def digest(self, repository: str, tag: str) -> str:
+        """`sha256:…` of the tag's manifest; AdapterNotFound when the tag does not exist."""
+        ...
+
+    async def tags(self, repository: str) -> list[str]: ...
+
+    async def check(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Where and how one service is deployed in one environment (from the config)."""
+
+    service: str
+    env: str
+    kind: str  # kubernetes | command
+    namespace: str | None = None
+    deployment: str | None = None
+    container: str | None = None
+    image: str | None = None  # repository, e.g. registry.example.com/shop/api
+    context: str | None = None  # kubeconfig context
+    argv: tuple[str, ...] = ()  # command target; {service} {version} {env} {image} are substituted
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class DeployProgress:
+    """A snapshot of a rollout, for the card: what the target says now."""
+
+    message: str
+    desired: int | None = None
+    updated: int | None = None
+    available: int | None = None
+    events: tuple[str, ...] = ()  # warnings such as "ImagePullBackOff: ..." or "CrashLoopBackOff: ..."
+    output: str = ""  # new output lines of a command target
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    ok: bool
+    message: str
+    revision: str | None = None  # the target's own revision (ReplicaSet revision), when it has one
+
+
+ProgressFn = Callable[[DeployProgress], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    ready: bool
+    status: str
+    restarts: int
+    version: str | None
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    version: str | None  # the tag (or digest) of the running image
+    image: str | None
+    desired: int
+    ready: int
+    available: int
+    pods: tuple[PodInfo, ...] = ()
+    message: str = ""
+
+
+class DeployTarget(Protocol):
+    """Kubernetes or a command (helm, ansible, a script)."""
+
+    name: str
+    resumable: bool  # can `resume` re-attach to a rollout after a restart
+
+    async def running_version(self, spec: TargetSpec) -> str | None: ...
+
+    async def deploy(self, spec: TargetSpec, version: str, image: str | None, progress: ProgressFn) -> DeployResult:
+        """Roll out `version` (`image` is the full reference, ideally with digest) and wait for the result."""
+        ...
+
+    async def resume(self, spec: TargetSpec, version: str, progress: ProgressFn) -> DeployResult:
+        """Wait for a rollout started before a restart; NotImplemented-style AdapterError when impossible."""
+        ...
+
+    async def rollback(
+        self, spec: TargetSpec, to_version: str | None, image: str | None, progress: ProgressFn
+    ) -> DeployResult:
+        """Back to `to_version` (or the previous revision when None) and wait for the result."""
+        ...
+
+    async def status(self, spec: TargetSpec) -> WorkloadStatus: ...
+
+    async def scale(self, spec: TargetSpec, replicas: int) -> None: ...
+
+    async def restart(self, spec: TargetSpec, progress: ProgressFn) -> DeployResult: ...
 
     async def check(self) -> str: ...
