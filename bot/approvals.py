@@ -60,6 +60,9 @@ class ApprovalKind:
     job_kind: str
     fingerprint: Callable[[str], Awaitable[str]]
     recheck: Callable[[str], Awaitable[str | None]] | None = None
+    # Renders the kind's own card inside the transaction that changed the request (deploys show a
+    # release card with changelog and tests instead of the generic one).
+    on_change: Callable[[Database, Approval, float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -290,14 +293,7 @@ class Approvals:
             )
             a = _load(db, approval_id)
             assert a is not None
-            self._outbox.post_in(
-                db,
-                channel,
-                rendering.message(card(a, now)),
-                key=a.card_key,
-                thread_ts=thread_ts,
-                dedupe=f"post:{a.card_key}",
-            )
+            self._show(db, a, now, first=True)
             return a, True
 
         result = await self._store.write(tx)
@@ -313,8 +309,25 @@ class Approvals:
             return False
         a = _load(db, approval_id)
         if a is not None:
-            self._outbox.update_in(db, a.card_key, rendering.message(card(a, now)))
+            self._show(db, a, now)
         return True
+
+    def _show(self, db: Database, a: Approval, now: float, *, first: bool = False) -> None:
+        """Post or edit what people see of a request: the kind's own card, or the generic one."""
+        kind = self._kinds.get(a.policy_key)
+        if kind is not None and kind.on_change is not None:
+            kind.on_change(db, a, now)
+        elif first:
+            self._outbox.post_in(
+                db,
+                a.channel or "",
+                rendering.message(card(a, now)),
+                key=a.card_key,
+                thread_ts=a.thread_ts,
+                dedupe=f"post:{a.card_key}",
+            )
+        else:
+            self._outbox.update_in(db, a.card_key, rendering.message(card(a, now)))
 
     async def vote(self, approval_id: str, user: str, decision: str, *, channel: str | None = None) -> VoteResult:
         """Record one person's approve/reject; run the action when the quorum is reached.
@@ -389,7 +402,7 @@ class Approvals:
                 msg = "Approved; carrying it out now."
             else:
                 left = fresh.required - fresh.approvals
-                self._outbox.update_in(db, fresh.card_key, rendering.message(card(fresh, now)))
+                self._show(db, fresh, now)
                 msg = f"Your approval is recorded; {left} more needed."
                 outcome = Outcome.APPROVED
             self._audit.append_in(
@@ -447,5 +460,12 @@ class Approvals:
 
     async def refresh_card(self, approval_id: str) -> None:
         """Re-render a request's card (after its action finished, say)."""
-        a = await self.get(approval_id)
-        await self._outbox.update(a.card_key, rendering.message(card(a, self._clock.now())))
+        now = self._clock.now()
+
+        def tx(db: Database) -> None:
+            a = _load(db, approval_id)
+            if a is not None:
+                self._show(db, a, now)
+
+        await self._store.write(tx)
+        self._outbox.kick()

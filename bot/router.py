@@ -149,7 +149,13 @@ class CommandGroup:
     hooks: list[HookSpec] = field(default_factory=list)
     jobs: list[tuple[str, Callable[..., Awaitable[None]], bool, float]] = field(default_factory=list)
     approval_kinds: list[
-        tuple[str, str, Callable[..., Awaitable[str]], Callable[..., Awaitable[str | None]] | None]
+        tuple[
+            str,
+            str,
+            Callable[..., Awaitable[str]],
+            Callable[..., Awaitable[str | None]] | None,
+            Callable[..., None] | None,
+        ]
     ] = field(default_factory=list)
 
     def command(
@@ -232,9 +238,11 @@ class CommandGroup:
         job: str,
         fingerprint: Callable[..., Awaitable[str]],
         recheck: Callable[..., Awaitable[str | None]] | None = None,
+        on_change: Callable[..., None] | None = None,
     ) -> None:
-        """Register how approvals of `policy_key` fingerprint their subject and what job runs after."""
-        self.approval_kinds.append((policy_key, job, fingerprint, recheck))
+        """Register how approvals of `policy_key` fingerprint their subject, which job runs after, and
+        (optionally) how the kind renders its own card."""
+        self.approval_kinds.append((policy_key, job, fingerprint, recheck, on_change))
 
 
 # --- the router --------------------------------------------------------------------------------------------
@@ -271,9 +279,15 @@ class Router:
         for g in groups:
             for kind, fn, resumable, timeout in g.jobs:
                 services.jobs.register(JobKind(kind, partial(fn, services), resumable, timeout))
-            for key, job, fp, recheck in g.approval_kinds:
+            for key, job, fp, recheck, on_change in g.approval_kinds:
                 services.approvals.register(
-                    ApprovalKind(key, job, partial(fp, services), partial(recheck, services) if recheck else None)
+                    ApprovalKind(
+                        key,
+                        job,
+                        partial(fp, services),
+                        partial(recheck, services) if recheck else None,
+                        partial(on_change, services) if on_change else None,
+                    )
                 )
 
     @staticmethod

@@ -391,3 +391,29 @@ def m003_alerts(db: Database) -> None:
             id INTEGER PRIMARY KEY, channel TEXT NOT NULL, started_at REAL NOT NULL, last_at REAL NOT NULL)"""
     )
     db.execute("CREATE INDEX alert_digests_channel ON alert_digests(channel, last_at)")
+
+
+@MIGRATIONS()
+def m004_releases(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE releases (
+            id INTEGER PRIMARY KEY, action TEXT NOT NULL, service TEXT NOT NULL, env TEXT NOT NULL,
+            version TEXT, image TEXT, digest TEXT, from_version TEXT, replicas INTEGER,
+            requester TEXT NOT NULL, state TEXT NOT NULL, approval_id TEXT, channel TEXT NOT NULL,
+            checks TEXT NOT NULL DEFAULT '[]', changelog TEXT NOT NULL DEFAULT '[]', tests TEXT,
+            progress TEXT, message TEXT, break_glass TEXT, rollback_of INTEGER, job_id INTEGER,
+            created_at REAL NOT NULL, started_at REAL, finished_at REAL, bake_until REAL, updated_at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX releases_target ON releases(service, env, id)")
+    # One release in flight per service and environment: the database says no to a second one.
+    db.execute(
+        "CREATE UNIQUE INDEX releases_one_active ON releases(service, env)"
+        " WHERE state IN ('approved', 'deploying', 'baking')"
+    )
+    db.execute("CREATE TABLE locks (env TEXT PRIMARY KEY, holder TEXT NOT NULL, reason TEXT, at REAL NOT NULL)")
+    db.execute(
+        """CREATE TABLE freezes (env TEXT PRIMARY KEY, until REAL NOT NULL, reason TEXT NOT NULL,
+            by TEXT NOT NULL, at REAL NOT NULL, notice_key TEXT)"""
+    )
+    db.execute("ALTER TABLE feedback ADD COLUMN release_id INTEGER")
+    db.execute("ALTER TABLE feedback ADD COLUMN rating TEXT")
