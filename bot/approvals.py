@@ -139,6 +139,11 @@ def _load(db: Database, approval_id: str) -> Approval | None:
     )
 
 
+def load_in(db: Database, approval_id: str) -> Approval | None:
+    """A request inside a running transaction."""
+    return _load(db, approval_id)
+
+
 def card(a: Approval, now: float) -> v.Message:
     """The approval card: what, who asked, the rule, the votes so far, and buttons while pending."""
     head = {

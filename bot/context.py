@@ -28,10 +28,13 @@ from bot.ports import (
     ChartRenderer,
     CIServer,
     Dashboards,
+    DeployTarget,
     Directory,
     LogSearch,
     MetricsSource,
     MonitoringHost,
+    Registry,
+    Repository,
     SqlStore,
     TestResultsReader,
     Tracker,
@@ -77,6 +80,9 @@ class Services:
     nagios: MonitoringHost | None = None
     grafana: Dashboards | None = None
     splunk: LogSearch | None = None
+    targets: dict[str, DeployTarget] = field(default_factory=dict)
+    registry: Registry | None = None
+    repos: dict[str, Repository] = field(default_factory=dict)
 
     @functools.cached_property
     def alerts(self) -> AlertPipeline:

@@ -1,0 +1,506 @@
+"""Releases: a deploy, rollback, scale or restart of one service in one environment, with its checks,
+changelog, approvals and rollout, all on one card that is the parent of the release thread.
+
+Shared by the deploy and operate stages (which create and run releases) and the monitor stage (whose
+alert cards name the release that came shortly before). Locks and freezes of environments live here
+too, because every check of every release asks about them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlite_utils import Database
+
+from bot import views as v
+from bot.approvals import Approval, ApprovalState
+from bot.clock import iso
+from bot.config import Config, EnvironmentConfig
+from bot.durations import format_duration
+from bot.errors import NotConfigured, NotFound
+from bot.ports import AdapterError, AdapterNotFound, Commit, DeployTarget, TargetSpec
+from bot.store import one, rows
+
+if TYPE_CHECKING:
+    from bot.context import Services
+
+ACTIVE = ("approved", "deploying", "baking")
+WAITING = ("checking", "awaiting_approval")
+DONE = ("succeeded", "failed", "rolled_back", "rejected", "expired", "refused", "cancelled", "interrupted")
+_STATE_LINE = {
+    "checking": "🔎 checking",
+    "awaiting_approval": "⏳ waiting for approval",
+    "approved": "✅ approved, starting",
+    "deploying": "🚚 rolling out",
+    "baking": "🍞 baking",
+    "succeeded": "✅ done",
+    "failed": "❌ failed",
+    "rolled_back": "↩️ rolled back",
+    "rejected": "🚫 rejected",
+    "expired": "⌛ approval expired",
+    "refused": "⛔ refused by the checks",
+    "cancelled": "⏹️ cancelled",
+    "interrupted": "⚠️ interrupted by a restart",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One pre-deploy check: what, whether it passed, why, and how it could be overridden."""
+
+    name: str
+    ok: bool
+    detail: str
+    override: str | None = None
+    blocking: bool = True
+
+
+@dataclass
+class Release:
+    id: int
+    action: str  # deploy | rollback | scale | restart
+    service: str
+    env: str
+    version: str | None
+    image: str | None
+    digest: str | None
+    from_version: str | None
+    replicas: int | None
+    requester: str
+    state: str
+    approval_id: str | None
+    channel: str
+    checks: list[Check]
+    changelog: list[dict[str, Any]]
+    tests: dict[str, Any] | None
+    progress: dict[str, Any] | None
+    message: str | None
+    break_glass: str | None
+    rollback_of: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    bake_until: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"release:{self.id}"
+
+    @property
+    def title(self) -> str:
+        if self.action == "deploy":
+            return f"Deploy {self.service} {self.version} → {self.env}"
+        if self.action == "rollback":
+            return f"Rollback {self.service} in {self.env}" + (f" to {self.version}" if self.version else "")
+        if self.action == "scale":
+            return f"Scale {self.service} in {self.env} to {self.replicas}"
+        return f"Restart {self.service} in {self.env}"
+
+
+def release_from(r: dict[str, Any]) -> Release:
+    """A release from its row."""
+    return Release(
+        id=r["id"],
+        action=r["action"],
+        service=r["service"],
+        env=r["env"],
+        version=r["version"],
+        image=r["image"],
+        digest=r["digest"],
+        from_version=r["from_version"],
+        replicas=r["replicas"],
+        requester=r["requester"],
+        state=r["state"],
+        approval_id=r["approval_id"],
+        channel=r["channel"],
+        checks=[Check(**c) for c in json.loads(r["checks"])],
+        changelog=json.loads(r["changelog"]),
+        tests=json.loads(r["tests"]) if r["tests"] else None,
+        progress=json.loads(r["progress"]) if r["progress"] else None,
+        message=r["message"],
+        break_glass=r["break_glass"],
+        rollback_of=r["rollback_of"],
+        created_at=r["created_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        bake_until=r["bake_until"],
+    )
+
+
+def load_in(db: Database, release_id: int) -> Release:
+    """A release inside a running transaction."""
+    r = one(db, "SELECT * FROM releases WHERE id = ?", (release_id,))
+    if r is None:
+        raise NotFound(f"There is no release {release_id}.")
+    return release_from(r)
+
+
+async def load(services: Services, release_id: int) -> Release:
+    """A release by id."""
+    return await services.store.read(lambda db: load_in(db, release_id))
+
+
+def fingerprint(service: str, version: str | None, digest: str | None, env: str, action: str = "deploy") -> str:
+    """What an approval is bound to: the exact artifact, and where it goes."""
+    return hashlib.sha256(f"{action}|{service}|{version}|{digest}|{env}".encode()).hexdigest()[:20]
+
+
+# --- configuration --------------------------------------------------------------------------------------
+
+
+def environment(config: Config, env: str) -> EnvironmentConfig:
+    """An environment's rules; NotFound with the configured names otherwise."""
+    e = config.environments.get(env)
+    if e is None:
+        known = ", ".join(f"`{k}`" for k in config.environments) or "none (add `environments:` to the config)"
+        raise NotFound(f"There is no environment `{env}`. Configured: {known}.")
+    return e
+
+
+def target_spec(config: Config, service: str, env: str) -> TargetSpec:
+    """How `service` is deployed in `env` (the service's deploy section with the environment's overrides)."""
+    svc = config.services.get(service)
+    if svc is None or svc.deploy is None:
+        raise NotConfigured(f"`{service}` has no deploy: add `services.{service}.deploy` (target, namespace, …).")
+    d = svc.deploy
+    o = d.envs.get(env)
+    return TargetSpec(
+        service=service,
+        env=env,
+        kind=d.target,
+        namespace=(o.namespace if o and o.namespace else d.namespace),
+        deployment=(o.deployment if o and o.deployment else d.deployment) or service,
+        container=d.container or service,
+        image=d.image,
+        context=(o.context if o and o.context else None)
+        or (config.integrations.kubernetes.context if config.integrations.kubernetes else None),
+        argv=tuple(o.command if o and o.command else d.command),
+        timeout_s=d.timeout.total_seconds(),
+    )
+
+
+def target_for(services: Services, spec: TargetSpec) -> DeployTarget:
+    """The adapter for a target kind."""
+    t = services.targets.get(spec.kind)
+    if t is None:
+        hint = "`integrations.kubernetes`" if spec.kind == "kubernetes" else "a `command` in the service's deploy"
+        raise NotConfigured(f"The {spec.kind} deploy target isn't configured: add {hint}.")
+    return t
+
+
+# --- locks and freezes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lock:
+    env: str
+    holder: str
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class Freeze:
+    env: str
+    until: float
+    reason: str
+    by: str
+    at: float
+
+
+async def lock_of(services: Services, env: str) -> Lock | None:
+    r = await services.store.read(lambda db: one(db, "SELECT * FROM locks WHERE env = ?", (env,)))
+    return Lock(r["env"], r["holder"], r["reason"], r["at"]) if r else None
+
+
+async def freeze_of(services: Services, env: str) -> Freeze | None:
+    now = services.clock.now()
+    r = await services.store.read(lambda db: one(db, "SELECT * FROM freezes WHERE env = ? AND until > ?", (env, now)))
+    return Freeze(r["env"], r["until"], r["reason"], r["by"], r["at"]) if r else None
+
+
+# --- checks ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckReport:
+    checks: list[Check]
+    digest: str | None = None
+    running: str | None = None
+    changelog: list[Commit] = field(default_factory=list)
+    tests: dict[str, Any] | None = None
+    firing: list[str] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok and c.blocking]
+
+
+def image_path(image: str) -> str:
+    """`registry.example.com/shop/api` -> `shop/api` (the repository name the registry API wants)."""
+    first, _, rest = image.partition("/")
+    return rest if rest and ("." in first or ":" in first or first == "localhost") else image
+
+
+async def version_deployed(services: Services, service: str, env: str, version: str) -> bool:
+    """Whether `version` of `service` was deployed successfully to `env`."""
+    r = await services.store.read(
+        lambda db: one(
+            db,
+            "SELECT id FROM events WHERE kind = 'deploy.finished' AND service = ? AND env = ? AND ref = ?"
+            " AND json_extract(detail, '$.ok') = 1 LIMIT 1",
+            (service, env, version),
+        )
+    )
+    return r is not None
+
+
+async def tests_of_commit(services: Services, service: str, sha: str) -> dict[str, Any] | None:
+    """Counts of the newest build of `sha` that has stored results."""
+
+    def q(db: Database) -> dict[str, Any] | None:
+        b = one(
+            db,
+            "SELECT b.id, b.label FROM builds b WHERE b.service = ? AND b.commit_sha = ? AND EXISTS"
+            " (SELECT 1 FROM test_results t WHERE t.build_id = b.id) ORDER BY b.id DESC LIMIT 1",
+            (service, sha),
+        )
+        if b is None:
+            return None
+        counts = {
+            r["status"]: r["n"]
+            for r in rows(
+                db, "SELECT status, count(*) AS n FROM test_results WHERE build_id = ? GROUP BY status", (b["id"],)
+            )
+        }
+        return {
+            "build": b["label"],
+            "passed": counts.get("passed", 0),
+            "failed": counts.get("failed", 0),
+            "skipped": counts.get("skipped", 0),
+        }
+
+    return await services.store.read(q)
+
+
+async def firing_for(services: Services, service: str, env: str, severities: list[str]) -> list[str]:
+    """Titles of alert groups firing now for the service in `env` (or without an env) at those severities."""
+    if not severities:
+        return []
+    marks = ",".join("?" for _ in severities)
+    found = await services.store.read(
+        lambda db: rows(
+            db,
+            f"SELECT title, severity FROM alert_groups WHERE status = 'firing' AND service = ? AND"
+            f" (env = ? OR env IS NULL) AND severity IN ({marks})",
+            (service, env, *severities),
+        )
+    )
+    return [f"{r['title']} ({r['severity']})" for r in found]
+
+
+async def run_checks(services: Services, service: str, version: str, env: str, requester: str) -> CheckReport:
+    """Everything that must hold before `version` of `service` goes to `env`, each with its reason."""
+    config = services.config
+    rules = environment(config, env)
+    spec = target_spec(config, service, env)
+    report = CheckReport(checks=[])
+    svc = config.services[service]
+    # The artifact: the tag must exist, and its digest is what approvals are bound to.
+    if spec.image and services.registry is not None:
+        try:
+            report.digest = await services.registry.digest(image_path(spec.image), version)
+            report.checks.append(Check("image", True, f"`{spec.image}:{version}` is {report.digest[:19]}…"))
+        except AdapterNotFound:
+            report.checks.append(Check("image", False, f"the registry has no `{spec.image}:{version}`"))
+        except AdapterError as err:
+            report.checks.append(Check("image", False, f"the registry could not be asked: {err}"))
+    for earlier in rules.requires.passed_in:
+        ok = await version_deployed(services, service, earlier, version)
+        report.checks.append(
+            Check(
+                f"passed in {earlier}",
+                ok,
+                f"{version} {'went' if ok else 'never went'} to {earlier}"
+                + ("" if ok else f"; deploy it to {earlier} first"),
+            )
+        )
+    repo = services.repos.get(service)
+    sha: str | None = None
+    if repo is not None:
+        try:
+            sha = await repo.resolve(version)
+        except AdapterError as err:
+            report.checks.append(Check("version", False, str(err)))
+    if rules.requires.tests == "green":
+        if sha is None:
+            report.checks.append(Check("tests", False, "no commit is known for this version, so no test results"))
+        else:
+            t = await tests_of_commit(services, service, sha)
+            report.tests = t
+            if t is None:
+                report.checks.append(Check("tests", False, f"no test results for {sha[:10]}; build it first"))
+            else:
+                report.checks.append(
+                    Check(
+                        "tests", t["failed"] == 0, f"{t['passed']} passed, {t['failed']} failed in build {t['build']}"
+                    )
+                )
+    elif sha is not None:
+        report.tests = await tests_of_commit(services, service, sha)
+    glass = " or ".join(f"`{r}`" for r in rules.break_glass)
+    override = f'a member of {glass} can add `force "reason"`' if rules.break_glass else None
+    fr = await freeze_of(services, env)
+    if fr is not None:
+        report.checks.append(Check("freeze", False, f"{env} is frozen until {iso(fr.until)}: {fr.reason}", override))
+    lk = await lock_of(services, env)
+    if lk is not None and lk.holder != requester:
+        report.checks.append(
+            Check(
+                "lock",
+                False,
+                f"<@{lk.holder}> holds the lock on {env}" + (f": {lk.reason}" if lk.reason else ""),
+                override,
+            )
+        )
+    report.firing = await firing_for(services, service, env, list(rules.requires.no_firing))
+    if rules.requires.no_firing:
+        report.checks.append(
+            Check(
+                "alerts",
+                not report.firing,
+                "nothing firing" if not report.firing else "firing now: " + "; ".join(report.firing[:5]),
+            )
+        )
+    try:
+        report.running = await target_for(services, spec).running_version(spec)
+    except AdapterError as err:
+        report.checks.append(Check("target", False, f"the current version could not be read: {err}"))
+    if repo is not None and sha is not None:
+        try:
+            report.changelog = await repo.commits_between(report.running, version, limit=100)
+        except AdapterError:
+            report.changelog = await repo.commits_between(None, version, limit=20)
+    del svc
+    return report
+
+
+# --- the card -------------------------------------------------------------------------------------------
+
+
+def _ticket_links(text: str, tickets: list[str], ticket_url: str | None) -> str:
+    for t in tickets:
+        if ticket_url:
+            text = text.replace(t, f"<{ticket_url.replace('{key}', t)}|{t}>")
+    return text
+
+
+def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None = None) -> v.Message:
+    """The release card: what, from what to what, checks, changelog, tests, approvals, rollout, buttons."""
+    head = f"🚀 {r.title}" if r.action == "deploy" else f"🛠️ {r.title}"
+    state = _STATE_LINE.get(r.state, r.state)
+    if r.state == "baking" and r.bake_until:
+        state += f" until {iso(r.bake_until)}"
+    fields: list[tuple[str, str]] = [("State", state), ("Requested by", f"<@{r.requester}>")]
+    if r.action in ("deploy", "rollback"):
+        fields.append(("Version", f"`{v.esc(r.from_version or '?')}` → `{v.esc(r.version or 'previous')}`"))
+    if r.digest:
+        fields.append(("Image", f"`{v.esc(r.digest[:19])}…`"))
+    blocks: list[v.Block] = [v.Header(head[:150]), v.Section(fields=tuple(fields))]
+    if r.break_glass:
+        blocks.append(v.Section(f"⚠️ *Break glass:* {v.esc(r.break_glass)}"))
+    if r.checks:
+        lines = [
+            f"{'✅' if c.ok else ('❌' if c.blocking else '⚠️')} *{v.esc(c.name)}*: {v.esc(c.detail)}"
+            + (f" _({v.esc(c.override)})_" if (c.override and not c.ok) else "")
+            for c in r.checks
+        ]
+        blocks.append(v.Section("*Checks*\n" + "\n".join(lines)))
+    if r.changelog:
+        shown = []
+        for c in r.changelog[:10]:
+            subject = _ticket_links(v.esc(c.get("subject", "")[:120]), c.get("tickets", []), ticket_url)
+            shown.append(f"`{c.get('sha', '')[:8]}` {subject} — {v.esc(c.get('author', ''))}")
+        more = len(r.changelog) - 10
+        blocks.append(
+            v.Section(
+                f"*Changes ({len(r.changelog)})*\n" + "\n".join(shown) + (f"\n…and {more} more" if more > 0 else "")
+            )
+        )
+    if r.tests:
+        t = r.tests
+        blocks.append(
+            v.Context(
+                (
+                    f"🧪 tests of this version: {t['passed']} passed, {t['failed']} failed, "
+                    f"{t['skipped']} skipped (build {t['build']})",
+                )
+            )
+        )
+    if r.progress:
+        p = r.progress
+        counts = ""
+        if p.get("desired") is not None:
+            counts = f" ({p.get('updated', 0)}/{p['desired']} updated, {p.get('available', 0)} available)"
+        lines = [f"*Rollout:* {v.esc(str(p.get('message', '')))}{counts}"]
+        lines.extend(f"⚠️ {v.esc(e)}" for e in p.get("events", [])[:5])
+        blocks.append(v.Section("\n".join(lines)))
+    if r.message:
+        blocks.append(v.Section(v.esc(r.message[:2500])))
+    buttons: list[v.Button] = []
+    if a is not None:
+        votes = ", ".join(f"<@{x.user}> {'✅' if x.vote == 'approve' else '❌'}" for x in a.votes) or "none yet"
+        need = f"{a.approvals} of {a.required} from `{a.role}`" + ("" if a.self_approval else " (not the requester)")
+        blocks.append(v.Section(fields=(("Approvals", need), ("Votes", votes))))
+        if a.state is ApprovalState.PENDING:
+            ref = json.dumps({"id": a.id})
+            buttons.append(v.Button("Approve", "approval.approve", ref, v.Style.PRIMARY))
+            buttons.append(
+                v.Button(
+                    "Reject",
+                    "approval.reject",
+                    ref,
+                    v.Style.DANGER,
+                    confirm=v.Confirm("Reject?", f"Reject this {r.action}?", "Reject"),
+                )
+            )
+            blocks.append(
+                v.Context((f"expires in {format_duration(timedelta(seconds=max(0, int(a.expires_at - now))))}",))
+            )
+    if r.state in ("baking", "succeeded") and r.action in ("deploy", "rollback"):
+        buttons.append(
+            v.Button(
+                "Rollback",
+                "deploy.rollback",
+                json.dumps({"service": r.service, "env": r.env, "release": r.id}),
+                v.Style.DANGER,
+                confirm=v.Confirm("Roll back?", f"Roll {r.service} in {r.env} back?", "Roll back"),
+            )
+        )
+    if buttons:
+        blocks.append(v.Actions(tuple(buttons)))
+    blocks.append(v.Context((f"release `{r.id}` · {iso(r.created_at)}",)))
+    return v.Message(f"{r.title}: {state}", tuple(blocks))
+
+
+def checks_json(checks: list[Check]) -> str:
+    return json.dumps([asdict(c) for c in checks])
+
+
+def changelog_json(commits: list[Commit]) -> str:
+    return json.dumps(
+        [
+            {
+                "sha": c.sha,
+                "author": c.author,
+                "date": c.date.isoformat(),
+                "subject": c.subject,
+                "tickets": list(c.tickets),
+            }
+            for c in commits
+        ]
+    )

@@ -1,0 +1,950 @@
+"""deploy: checks, approvals, rollout, bake and rollback of releases; locks and freezes; operate commands.
+
+A release goes: checking -> (refused | awaiting_approval -> approved | approved) -> deploying ->
+(failed | baking -> (rolled_back | succeeded)). `deploy.prepare` runs the checks off the ack path;
+the approval engine (kind `deploy.release`) renders this stage's own card on every change and starts
+`deploy.run` once the quorum is reached; `deploy.run` rolls out, bakes and rolls back, and is
+resumable: after a restart it re-attaches to a Kubernetes rollout and finishes the same card.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+from typing import Any
+
+from pydantic import BaseModel
+from sqlite_utils import Database
+
+from bot import commands as c
+from bot import views as v
+from bot.approvals import Approval, ApprovalState, Subject
+from bot.approvals import load_in as load_approval
+from bot.audit import AuditEntry, Outcome
+from bot.clock import iso
+from bot.config import ApprovalRule
+from bot.context import Ctx, Services
+from bot.durations import format_duration
+from bot.errors import Conflict, NotAllowed, UsageError
+from bot.jobs import JobCtx
+from bot.ports import AdapterError, DeployProgress, DeployResult
+from bot.releases import (
+    ACTIVE,
+    DONE,
+    WAITING,
+    Check,
+    Release,
+    card,
+    changelog_json,
+    checks_json,
+    environment,
+    fingerprint,
+    freeze_of,
+    image_path,
+    load,
+    load_in,
+    lock_of,
+    release_from,
+    run_checks,
+    target_for,
+    target_spec,
+)
+from bot.router import CommandGroup, SubmitErrors
+from bot.smoke import run_smoke, smoke_card
+from bot.store import one, rows
+
+group = CommandGroup("deploy", "Deploy with checks and approvals, roll back, lock and freeze environments.")
+
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}$")
+OVERRIDABLE = {"freeze", "lock", "alerts", "tests"}  # what a break-glass `force` may step over
+BAKE_POLL = 2.0
+
+
+# --- the card ---------------------------------------------------------------------------------------------
+
+
+def _ticket_url(services: Services, service: str) -> str | None:
+    svc = services.config.services.get(service)
+    return svc.repo.ticket_url if svc and svc.repo else None
+
+
+def show_in(services: Services, db: Database, r: Release, now: float) -> None:
+    """Post or edit the release card inside a transaction."""
+    a = load_approval(db, r.approval_id) if r.approval_id else None
+    services.post_in(
+        db,
+        r.channel,
+        card(r, a, now=now, ticket_url=_ticket_url(services, r.service)),
+        key=r.key,
+        dedupe=f"post:{r.key}",
+    )
+
+
+async def show(services: Services, release_id: int) -> Release:
+    """Edit the release card to match the row."""
+    now = services.clock.now()
+
+    def tx(db: Database) -> Release:
+        r = load_in(db, release_id)
+        show_in(services, db, r, now)
+        return r
+
+    r = await services.store.write(tx)
+    services.outbox.kick()
+    return r
+
+
+async def save(services: Services, release_id: int, **fields: Any) -> Release:
+    """Update a release row and its card in one transaction."""
+    now = services.clock.now()
+
+    def tx(db: Database) -> Release:
+        if fields:
+            sets = ", ".join(f"{k} = :{k}" for k in fields)
+            db.execute(
+                f"UPDATE releases SET {sets}, updated_at = :now WHERE id = :id",
+                {**fields, "now": now, "id": release_id},
+            )
+        r = load_in(db, release_id)
+        show_in(services, db, r, now)
+        return r
+
+    r = await services.store.write(tx)
+    services.outbox.kick()
+    return r
+
+
+async def thread(services: Services, r: Release, text: str, dedupe: str | None = None) -> None:
+    """A line in the release thread."""
+    await services.post(r.channel, v.Message(text, (v.Section(text),)), thread_key=r.key, dedupe=dedupe)
+
+
+def _event_in(db: Database, kind: str, r: Release, now: float, ok: bool, **detail: Any) -> None:
+    db.execute(
+        "INSERT INTO events (at, kind, service, env, ref, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            kind,
+            r.service,
+            r.env,
+            r.version,
+            r.requester,
+            json.dumps(
+                {"release": r.id, "ok": ok, "action": r.action, "from": r.from_version, "digest": r.digest, **detail}
+            ),
+        ),
+    )
+
+
+# --- approval kind ----------------------------------------------------------------------------------------
+
+
+def _release_id(subject: str) -> int:
+    return int(subject.removeprefix("release:"))
+
+
+async def live_fingerprint(services: Services, subject: str) -> str:
+    """The artifact as it is now: a changed digest voids the approvals."""
+    r = await load(services, _release_id(subject))
+    digest = r.digest
+    spec = target_spec(services.config, r.service, r.env)
+    if r.action == "deploy" and spec.image and services.registry is not None and r.version:
+        try:
+            digest = await services.registry.digest(image_path(spec.image), r.version)
+        except AdapterError:
+            digest = "unavailable"
+    return fingerprint(r.service, r.version if r.action != "scale" else str(r.replicas), digest, r.env, r.action)
+
+
+async def live_recheck(services: Services, subject: str) -> str | None:
+    """At click time: freeze, lock and firing alerts again (unless the requester broke glass)."""
+    r = await load(services, _release_id(subject))
+    if r.break_glass:
+        return None
+    fr = await freeze_of(services, r.env)
+    if fr is not None:
+        return f"{r.env} is frozen until {iso(fr.until)}: {fr.reason}"
+    lk = await lock_of(services, r.env)
+    if lk is not None and lk.holder != r.requester:
+        return f"<@{lk.holder}> holds the lock on {r.env}"
+    rules = environment(services.config, r.env)
+    if rules.requires.no_firing:
+        from bot.releases import firing_for
+
+        firing = await firing_for(services, r.service, r.env, list(rules.requires.no_firing))
+        if firing:
+            return "alerts fire for it now: " + "; ".join(firing[:3])
+    return None
+
+
+def on_approval_change(services: Services, db: Database, a: Approval, now: float) -> None:
+    """The engine changed a request: mirror it on the release row and card."""
+    r = load_in(db, _release_id(a.subject))
+    state = {
+        ApprovalState.APPROVED: "approved",
+        ApprovalState.REJECTED: "rejected",
+        ApprovalState.EXPIRED: "expired",
+        ApprovalState.VOID: "cancelled",
+    }.get(a.state, r.state)
+    if state != r.state and r.state in WAITING:
+        msg = r.message
+        if a.state is ApprovalState.VOID:
+            msg = f"The approvals are void: {a.decided_reason}. Request it again."
+        try:
+            db.execute(
+                "UPDATE releases SET state = ?, message = ?, updated_at = ? WHERE id = ?", (state, msg, now, r.id)
+            )
+        except sqlite3.IntegrityError:
+            # Another release of this service and environment is active: the database keeps them apart.
+            raise Conflict(
+                f"Another release of {r.service} in {r.env} is running; approve this one after it."
+            ) from None
+        r = load_in(db, r.id)
+    show_in(services, db, r, now)
+
+
+group.approval(
+    "deploy.release", job="deploy.run", fingerprint=live_fingerprint, recheck=live_recheck, on_change=on_approval_change
+)
+
+
+# --- requesting -------------------------------------------------------------------------------------------
+
+
+async def _busy(services: Services, service: str, env: str) -> Release | None:
+    marks = ",".join("?" for _ in (*ACTIVE, *WAITING))
+    r = await services.store.read(
+        lambda db: one(
+            db,
+            f"SELECT * FROM releases WHERE service = ? AND env = ? AND state IN ({marks}) ORDER BY id DESC",
+            (service, env, *ACTIVE, *WAITING),
+        )
+    )
+    return release_from(r) if r else None
+
+
+async def _break_glass(ctx: Ctx, env: str, force: bool, reason: str | None) -> str | None:
+    if not force:
+        return None
+    rules = environment(ctx.config, env)
+    if not reason:
+        raise UsageError('Breaking glass needs a reason: `force "why it can\'t wait"`.')
+    roles = await ctx.policy.roles_of(ctx.actor)
+    if not set(rules.break_glass) & roles:
+        need = " or ".join(f"`{r}`" for r in rules.break_glass) or "a role listed in its `break_glass`"
+        raise NotAllowed(f"Only {need} may break glass in {env}; you can't force this.")
+    return f"<@{ctx.actor}>: {reason}"
+
+
+async def request(
+    ctx: Ctx,
+    action: str,
+    service: str,
+    env: str,
+    *,
+    version: str | None = None,
+    replicas: int | None = None,
+    force: bool = False,
+    reason: str | None = None,
+    rollback_of: int | None = None,
+) -> Release:
+    """Record a release and hand it to `deploy.prepare` (the checks run there, off the ack path)."""
+    ctx.service(service)
+    rules = environment(ctx.config, env)
+    spec = target_spec(ctx.config, service, env)
+    target_for(ctx.services, spec)
+    if version is not None and not _VERSION.match(version):
+        raise UsageError(f"`{version}` is not a version (letters, digits, `.`, `-`, `_`, `+`).")
+    glass = await _break_glass(ctx, env, force, reason)
+    busy = await _busy(ctx.services, service, env)
+    if busy is not None and action != "rollback":
+        raise Conflict(
+            f"<@{busy.requester}> holds {service} in {env}: release {busy.id} ({busy.title}) is "
+            f"{busy.state.replace('_', ' ')}. Wait for it, or roll back."
+        )
+    channel = rules.channel or ctx.config.channels.approvals or ctx.channel
+    now = ctx.clock.now()
+    services = ctx.services
+
+    def tx(db: Database) -> tuple[Release, int]:
+        cur = db.execute(
+            "INSERT INTO releases (action, service, env, version, replicas, requester, state, channel, break_glass,"
+            " rollback_of, image, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'checking', ?, ?, ?, ?, ?, ?)",
+            (action, service, env, version, replicas, ctx.actor, channel, glass, rollback_of, spec.image, now, now),
+        )
+        r = load_in(db, int(cur.lastrowid or 0))
+        show_in(services, db, r, now)
+        services.audit.append_in(
+            db,
+            AuditEntry(
+                ctx.actor, f"deploy.{action}", Outcome.REQUESTED, ctx.channel, r.title, glass, {"release": r.id}
+            ),
+        )
+        job = services.jobs.enqueue_in(
+            db, "deploy.prepare", r.key, {"release": r.id}, requester=ctx.actor, channel=channel
+        )
+        db.execute("UPDATE releases SET job_id = ? WHERE id = ?", (job, r.id))
+        return r, job
+
+    r, job = await services.store.write(tx)
+    services.outbox.kick()
+    await services.jobs.launch(job)
+    return r
+
+
+@group.job("deploy.prepare", timeout=600)
+async def prepare(services: Services, jctx: JobCtx) -> None:
+    """Run the checks; refuse with the reasons, ask for approvals, or start right away."""
+    r = await load(services, int(jctx.job.payload["release"]))
+    if r.state != "checking":
+        return
+    rules = environment(services.config, r.env)
+    if r.action in ("deploy", "rollback") and r.version:
+        report = await run_checks(services, r.service, r.version, r.env, r.requester)
+    else:
+        report = await run_checks_operate(services, r)
+    blocking = report.blocking
+    if r.break_glass:
+        blocking = [ch for ch in blocking if ch.name.split()[0] not in OVERRIDABLE and ch.name != "freeze"]
+    fields: dict[str, Any] = {
+        "checks": checks_json(report.checks),
+        "digest": report.digest,
+        "from_version": report.running,
+        "changelog": changelog_json(report.changelog),
+        "tests": json.dumps(report.tests) if report.tests else None,
+    }
+    if blocking:
+        why = "; ".join(f"{ch.name}: {ch.detail}" for ch in blocking)
+        r = await save(services, r.id, state="refused", message=f"Not deployed: {why}", **fields)
+        await services.audit.record(
+            AuditEntry(r.requester, f"deploy.{r.action}", Outcome.REFUSED, r.channel, r.title, why, {"release": r.id})
+        )
+        overrides = sorted({ch.override for ch in blocking if ch.override})
+        text = f"❌ {r.title} was refused: {why}" + (f"\nOverride: {'; '.join(overrides)}" if overrides else "")
+        await services.outbox.ephemeral(
+            jctx.job.channel or r.channel,
+            r.requester,
+            {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}]},
+        )
+        return
+    r = await save(services, r.id, **fields)
+    if rules.approvals.required > 0 and r.action != "rollback":
+        rule = ApprovalRule.model_validate(
+            {
+                "required": rules.approvals.required,
+                "from": rules.approvals.from_ or "approvers",
+                "self_approval": rules.approvals.self_approval,
+                "expire_after": rules.approvals.expire_after,
+            }
+        )
+        subject = Subject(
+            r.key,
+            r.title,
+            fingerprint(r.service, r.version if r.action != "scale" else str(r.replicas), r.digest, r.env, r.action),
+        )
+
+        def link(db: Database) -> None:
+            db.execute("UPDATE releases SET state = 'awaiting_approval' WHERE id = ?", (r.id,))
+
+        await services.store.write(link)
+        approval, _ = await services.approvals.request(
+            "deploy.release", subject, requester=r.requester, channel=r.channel, rule=rule
+        )
+        await save(services, r.id, approval_id=approval.id)
+        return
+    try:
+        await save(services, r.id, state="approved")
+    except sqlite3.IntegrityError:
+        await save(services, r.id, state="refused", message="Another release of it is running now.")
+        return
+    await services.jobs.submit(
+        "deploy.run", f"deploy:{r.service}@{r.env}", {"release": r.id}, requester=r.requester, channel=r.channel
+    )
+
+
+async def run_checks_operate(services: Services, r: Release) -> Any:
+    """Scale and restart check only freezes and locks (the artifact does not change)."""
+    from bot.releases import CheckReport
+
+    report = CheckReport(checks=[])
+    fr = await freeze_of(services, r.env)
+    if fr is not None:
+        report.checks.append(Check("freeze", False, f"{r.env} is frozen until {iso(fr.until)}: {fr.reason}"))
+    lk = await lock_of(services, r.env)
+    if lk is not None and lk.holder != r.requester:
+        report.checks.append(Check("lock", False, f"<@{lk.holder}> holds the lock on {r.env}"))
+    spec = target_spec(services.config, r.service, r.env)
+    try:
+        report.running = await target_for(services, spec).running_version(spec)
+    except AdapterError as err:
+        report.checks.append(Check("target", False, str(err)))
+    return report
+
+
+# --- running ----------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Rollout progress to the card (coalesced by the outbox) and warnings to the thread (once each)."""
+
+    def __init__(self, services: Services, r: Release) -> None:
+        self.s, self.r = services, r
+        self.seen: set[str] = set()
+
+    async def __call__(self, p: DeployProgress) -> None:
+        data = {
+            "message": p.message,
+            "desired": p.desired,
+            "updated": p.updated,
+            "available": p.available,
+            "events": list(p.events),
+        }
+        await save(self.s, self.r.id, progress=json.dumps(data))
+        for e in p.events:
+            if e not in self.seen:
+                self.seen.add(e)
+                await thread(self.s, self.r, f"⚠️ {self.s.redactor.text(e)}")
+        if p.output:
+            await thread(self.s, self.r, "```" + self.s.redactor.text(p.output)[-2800:] + "```")
+
+
+@group.job("deploy.run", resumable=True, timeout=6 * 3600)
+async def run(services: Services, jctx: JobCtx) -> None:
+    """Roll out, smoke-check, bake (rolling back on alerts when configured) and report."""
+    release_id = int(jctx.job.payload.get("release") or _release_id(jctx.job.key))
+    r = await load(services, release_id)
+    if r.state in DONE:
+        return
+    spec = target_spec(services.config, r.service, r.env)
+    target = target_for(services, spec)
+    progress = _Progress(services, r)
+    if r.state == "approved":
+        r = await save(services, r.id, state="deploying", started_at=services.clock.now())
+        result = await _act(services, r, target, spec, progress)
+    elif r.state == "deploying":
+        if not target.resumable:
+            await _finish(
+                services,
+                r,
+                "interrupted",
+                "opsloop restarted during the rollout; the command's result "
+                "is unknown, check the target before deploying again",
+            )
+            return
+        await thread(
+            services,
+            r,
+            "↪️ opsloop restarted; following the rollout again.",
+            dedupe=f"{r.key}:resume:{jctx.job.attempts}",
+        )
+        result = await target.resume(spec, r.version or "", progress)
+    elif r.state == "baking":
+        result = DeployResult(True, "rolled out before the restart")
+    else:
+        return
+    if not result.ok:
+        await _finish(services, r, "failed", result.message)
+        return
+    if r.state != "baking":
+        r = await _rolled_out(services, r, result)
+    if r.action != "deploy":
+        await _finish(services, r, "succeeded", result.message)
+        return
+    if not await _smoke(services, r, target, spec, progress):
+        return
+    if not await _bake(services, r, target, spec, progress):
+        return
+    r = await _finish(services, r, "succeeded", "Baked without trouble." if r.bake_until else result.message)
+    await _ask_how_it_went(services, r)
+
+
+async def _act(services: Services, r: Release, target: Any, spec: Any, progress: _Progress) -> DeployResult:
+    try:
+        if r.action == "deploy":
+            image = (
+                f"{spec.image}:{r.version}@{r.digest}"
+                if spec.image and r.digest
+                else (f"{spec.image}:{r.version}" if spec.image else None)
+            )
+            return await target.deploy(spec, r.version or "", image, progress)  # type: ignore[no-any-return]
+        if r.action == "rollback":
+            image = f"{spec.image}:{r.version}" if spec.image and r.version else None
+            return await target.rollback(spec, r.version, image, progress)  # type: ignore[no-any-return]
+        if r.action == "scale":
+            await target.scale(spec, int(r.replicas or 0))
+            return DeployResult(True, f"scaled to {r.replicas}")
+        return await target.restart(spec, progress)  # type: ignore[no-any-return]
+    except AdapterError as err:
+        return DeployResult(False, str(err))
+
+
+async def _rolled_out(services: Services, r: Release, result: DeployResult) -> Release:
+    now = services.clock.now()
+
+    def tx(db: Database) -> Release:
+        _event_in(db, "deploy.finished", r, now, True, revision=result.revision)
+        db.execute("UPDATE releases SET message = ?, updated_at = ? WHERE id = ?", (result.message, now, r.id))
+        return load_in(db, r.id)
+
+    r = await services.store.write(tx)
+    await thread(services, r, f"✅ Rolled out: {result.message}", dedupe=f"{r.key}:rolled-out")
+    return r
+
+
+async def _finish(services: Services, r: Release, state: str, message: str) -> Release:
+    now = services.clock.now()
+
+    def tx(db: Database) -> Release:
+        db.execute(
+            "UPDATE releases SET state = ?, message = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+            (state, services.redactor.text(message)[:2500], now, now, r.id),
+        )
+        cur = load_in(db, r.id)
+        if state in ("failed", "interrupted"):
+            _event_in(db, "deploy.finished", cur, now, False, reason=message[:300])
+        if state == "rolled_back":
+            _event_in(db, "deploy.rolled_back", cur, now, False, reason=message[:300])
+        services.audit.append_in(
+            db,
+            AuditEntry(
+                r.requester,
+                f"deploy.{r.action}",
+                Outcome.OK if state == "succeeded" else Outcome.ERROR,
+                r.channel,
+                r.title,
+                message[:300],
+                {"release": r.id, "state": state},
+            ),
+        )
+        show_in(services, db, cur, now)
+        return cur
+
+    cur = await services.store.write(tx)
+    services.outbox.kick()
+    icon = {"succeeded": "✅", "failed": "❌", "rolled_back": "↩️", "interrupted": "⚠️"}.get(state, "•")
+    await thread(services, cur, f"{icon} {cur.title}: {state.replace('_', ' ')}. {message}", dedupe=f"{r.key}:end")
+    return cur
+
+
+async def _smoke(services: Services, r: Release, target: Any, spec: Any, progress: _Progress) -> bool:
+    svc = services.config.services.get(r.service)
+    if svc is None or svc.smoke is None:
+        return True
+    try:
+        outcome = await run_smoke(services.config, services.browser, r.service, r.env)
+    except Exception as err:  # a smoke check that cannot run is reported, not fatal
+        await thread(services, r, f"⚠️ The smoke check could not run: {err}")
+        return True
+    await services.post(r.channel, smoke_card(outcome), thread_key=r.key, dedupe=f"{r.key}:smoke")
+    for i, page in enumerate(outcome.results):
+        if not page.ok and page.screenshot:
+            await services.upload(
+                r.channel,
+                f"smoke-{r.service}-{r.env}-{i + 1}.png",
+                page.screenshot,
+                title=page.url,
+                comment=f"❌ {page.message}",
+                thread_key=r.key,
+            )
+    if outcome.ok:
+        return True
+    rules = environment(services.config, r.env)
+    if rules.bake.auto_rollback:
+        await _auto_rollback(services, r, target, spec, progress, "the smoke check failed")
+        return False
+    await thread(services, r, "❌ The smoke check failed; the Rollback button on the card undoes this release.")
+    return True
+
+
+async def _bake(services: Services, r: Release, target: Any, spec: Any, progress: _Progress) -> bool:
+    rules = environment(services.config, r.env)
+    if rules.bake.minutes <= 0:
+        return True
+    until = r.bake_until or (services.clock.now() + rules.bake.minutes * 60)
+    r = await save(services, r.id, state="baking", bake_until=until)
+    started = r.started_at or r.created_at
+    posted: set[int] = set()
+    while services.clock.now() < until:
+        groups = await services.store.read(
+            lambda db: rows(
+                db,
+                "SELECT id, title, severity, status FROM alert_groups WHERE service = ? AND (env = ? OR env IS NULL)"
+                " AND first_seen >= ? ORDER BY id",
+                (r.service, r.env, started),
+            )
+        )
+        for g in groups:
+            if g["id"] in posted:
+                continue
+            posted.add(g["id"])
+            await thread(
+                services,
+                r,
+                f"🚨 During the bake: *{v.esc(g['title'])}* ({g['severity']})",
+                dedupe=f"{r.key}:bake-alert:{g['id']}",
+            )
+            rolls_back = g["severity"] in rules.bake.rollback_on and g["status"] == "firing"
+            if rolls_back and rules.bake.auto_rollback:
+                why = f"{g['title']} ({g['severity']}) fired during the bake"
+                await _auto_rollback(services, r, target, spec, progress, why)
+                return False
+        await asyncio.sleep(BAKE_POLL)
+    return True
+
+
+async def _auto_rollback(services: Services, r: Release, target: Any, spec: Any, progress: _Progress, why: str) -> None:
+    await thread(services, r, f"↩️ Rolling back automatically: {why}.", dedupe=f"{r.key}:auto-rollback")
+    to = r.from_version
+    image = f"{spec.image}:{to}" if spec.image and to else None
+    try:
+        result = await target.rollback(spec, to if spec.kind == "command" else None, image, progress)
+    except AdapterError as err:
+        result = DeployResult(False, str(err))
+    if result.ok:
+        await _finish(services, r, "rolled_back", f"Rolled back to {to or 'the previous revision'}: {why}.")
+    else:
+        await _finish(services, r, "failed", f"The automatic rollback failed too ({result.message}); {why}.")
+
+
+# --- how did it go ----------------------------------------------------------------------------------------
+
+
+class Rating(BaseModel):
+    release: int
+    rating: str
+
+
+class ReleaseRef(BaseModel):
+    release: int
+
+
+async def _ask_how_it_went(services: Services, r: Release) -> None:
+    buttons = tuple(
+        v.Button(label, "deploy.rate", Rating(release=r.id, rating=val).model_dump_json())
+        for val, label in (("good", "👍 Smooth"), ("meh", "😐 Bumpy"), ("bad", "👎 Bad"))
+    )
+    text = f"<@{r.requester}> {r.title} is done. How did it go?"
+    await services.post(
+        r.channel,
+        v.Message(
+            text,
+            (
+                v.Section(text),
+                v.Actions(
+                    (*buttons, v.Button("Add a note…", "deploy.note", ReleaseRef(release=r.id).model_dump_json()))
+                ),
+            ),
+        ),
+        thread_key=r.key,
+        dedupe=f"{r.key}:how",
+    )
+
+
+async def _record_feedback(ctx: Ctx, release_id: int, rating: str | None, note: str) -> None:
+    r = await load(ctx.services, release_id)
+    text = note or {"good": "Smooth release", "meh": "Bumpy release", "bad": "Bad release"}.get(rating or "", "")
+    now = ctx.clock.now()
+    await ctx.store.write(
+        lambda db: db.execute(
+            "INSERT INTO feedback (text, author, channel, source, created_at, release_id, rating)"
+            " VALUES (?, ?, ?, 'release', ?, ?, ?)",
+            (ctx.redactor.text(text)[:4000], ctx.actor, r.channel, now, r.id, rating),
+        )
+    )
+
+
+@group.action("deploy.rate", value=Rating, policy="feedback.send")
+async def rate(ctx: Ctx, value: Rating) -> v.Reply:
+    """Button: how the release went (kept as feedback linked to it)."""
+    await _record_feedback(ctx, value.release, value.rating, "")
+    return v.Reply.text("Thanks, noted on the release.")
+
+
+class NoteMeta(BaseModel):
+    release: int
+
+
+@group.action("deploy.note", value=ReleaseRef, policy="feedback.send")
+async def note(ctx: Ctx, ref: ReleaseRef) -> None:
+    """Button: a form for a note about the release."""
+    await ctx.open_modal(
+        v.Modal(
+            title="How did it go?",
+            callback="deploy.note_submit",
+            submit="Send",
+            inputs=(
+                v.Choice("rating", "Overall", (("good", "Smooth"), ("meh", "Bumpy"), ("bad", "Bad")), "good"),
+                v.TextInput("note", "Note", multiline=True, optional=True),
+            ),
+            metadata=NoteMeta(release=ref.release).model_dump_json(),
+        )
+    )
+
+
+@group.submit("deploy.note_submit", metadata=NoteMeta, policy="feedback.send")
+async def note_submit(ctx: Ctx, values: dict[str, str | None], meta: NoteMeta) -> v.Reply:
+    """Form submit: the release note."""
+    rating = values.get("rating")
+    if rating not in ("good", "meh", "bad"):
+        raise SubmitErrors({"rating": "Pick one."})
+    await _record_feedback(ctx, meta.release, rating, (values.get("note") or "").strip())
+    return v.Reply.text("Thanks, noted on the release.")
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+@group.command(
+    "deploy",
+    c.word("service"),
+    c.word("version"),
+    c.choice("to", ("to",)),
+    c.word("env"),
+    c.flag("force"),
+    c.text("reason", optional=True),
+    id="deploy.run",
+    examples=("deploy api 1.4.2 to staging", 'deploy api 1.4.2 to prod force "hotfix for INC-7"'),
+)
+async def deploy(ctx: Ctx, service: str, version: str, to: str, env: str, force: bool, reason: str | None) -> v.Reply:
+    """Deploy VERSION of SERVICE to ENV: checks, approvals (where ENV needs them), rollout, bake.
+
+    `force "reason"` breaks glass over a freeze, a lock, firing alerts or red tests; only roles in the
+    environment's `break_glass` may, and it is audited and shown on the card."""
+    r = await request(ctx, "deploy", service, env, version=version, force=force, reason=reason)
+    return v.Reply.text(f"Checking {r.title}; the release card in {r.channel} follows it (release {r.id}).")
+
+
+@group.command(
+    "rollback",
+    c.word("service"),
+    c.word("env"),
+    c.choice("to", ("to",), default="to"),
+    c.word("version", optional=True),
+    id="deploy.rollback",
+    examples=("rollback api prod", "rollback api prod to 1.4.1"),
+)
+async def rollback(ctx: Ctx, service: str, env: str, to: str, version: str | None) -> v.Reply:
+    """Roll SERVICE in ENV back: to VERSION, or to the previous revision."""
+    r = await _rollback(ctx, service, env, version)
+    return v.Reply.text(f"Rolling back {service} in {env} (release {r.id}); the card in {r.channel} follows it.")
+
+
+async def _rollback(ctx: Ctx, service: str, env: str, version: str | None, of: int | None = None) -> Release:
+    busy = await _busy(ctx.services, service, env)
+    if busy is not None and busy.state == "baking":
+        # The release being baked is what we roll back: end it as rolled back so the new one may run.
+        await ctx.store.write(
+            lambda db: db.execute(
+                "UPDATE releases SET state = 'rolled_back', message = ?, finished_at = ? WHERE id = ?",
+                (f"rolled back by <@{ctx.actor}>", ctx.clock.now(), busy.id),
+            )
+        )
+        await show(ctx.services, busy.id)
+        of = of or busy.id
+        version = version or busy.from_version
+    elif busy is not None and busy.state in ACTIVE:
+        raise Conflict(f"Release {busy.id} of {service} in {env} is {busy.state}; wait for it to end.")
+    spec = target_spec(ctx.config, service, env)
+    if version is None and spec.kind == "command":
+        last = await ctx.store.read(
+            lambda db: one(
+                db,
+                "SELECT from_version FROM releases WHERE service = ? AND env = ? AND action = 'deploy' AND"
+                " from_version IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (service, env),
+            )
+        )
+        version = last["from_version"] if last else None
+        if version is None:
+            raise UsageError(f"Say which version: `rollback {service} {env} to VERSION` (no earlier version is known).")
+    return await request(ctx, "rollback", service, env, version=version, rollback_of=of)
+
+
+class RollbackRef(BaseModel):
+    service: str
+    env: str
+    release: int | None = None
+    group: int | None = None
+
+
+@group.action("deploy.rollback", value=RollbackRef)
+async def rollback_button(ctx: Ctx, ref: RollbackRef) -> v.Reply:
+    """Button: roll back the release (on the release card and on alerts that followed it)."""
+    r = await _rollback(ctx, ref.service, ref.env, None, ref.release)
+    return v.Reply.text(f"Rolling back {ref.service} in {ref.env} (release {r.id}).")
+
+
+@group.command("deploy status", c.word("service", optional=True), examples=("deploy status", "deploy status api"))
+async def status(ctx: Ctx, service: str | None) -> v.Reply:
+    """Recent releases (all services, or one), newest first."""
+    where, params = ("WHERE service = ?", (service,)) if service else ("", ())
+    found = [
+        release_from(r)
+        for r in await ctx.store.read(
+            lambda db: rows(db, f"SELECT * FROM releases {where} ORDER BY id DESC LIMIT 15", params)
+        )
+    ]
+    if not found:
+        return v.Reply.text("No releases yet.")
+    lines = [
+        f"`{r.id}` {v.esc(r.title)} — *{r.state.replace('_', ' ')}* · <@{r.requester}> · {iso(r.created_at)}"
+        for r in found
+    ]
+    locks = await ctx.store.read(lambda db: rows(db, "SELECT * FROM locks"))
+    freezes = await ctx.store.read(lambda db: rows(db, "SELECT * FROM freezes WHERE until > ?", (ctx.clock.now(),)))
+    notes = [f"🔒 {x['env']} locked by <@{x['holder']}>" for x in locks]
+    notes += [f"🧊 {x['env']} frozen until {iso(x['until'])}" for x in freezes]
+    blocks: list[v.Block] = [v.Header("Releases"), v.Section("\n".join(lines))]
+    if notes:
+        blocks.append(v.Context(tuple(notes[:10])))
+    return v.Reply(v.Message("Releases", tuple(blocks)))
+
+
+@group.command(
+    "lock",
+    c.word("env"),
+    c.text("reason", optional=True),
+    id="deploy.lock",
+    examples=('lock prod "migrating the database"',),
+)
+async def lock(ctx: Ctx, env: str, reason: str | None) -> v.Reply:
+    """Hold ENV: nobody else deploys there until you unlock it."""
+    environment(ctx.config, env)
+    now = ctx.clock.now()
+    holder = await lock_of(ctx.services, env)
+    if holder is not None:
+        raise Conflict(f"<@{holder.holder}> already holds {env} since {iso(holder.at)}.")
+    try:
+        await ctx.store.write(
+            lambda db: db.execute(
+                "INSERT INTO locks (env, holder, reason, at) VALUES (?, ?, ?, ?)", (env, ctx.actor, reason, now)
+            )
+        )
+    except sqlite3.IntegrityError:
+        raise Conflict(f"Someone locked {env} a moment ago.") from None
+    return v.Reply.text(f"🔒 You hold {env}." + (f" ({v.esc(reason)})" if reason else ""), public=True)
+
+
+@group.command("unlock", c.word("env"), id="deploy.unlock", examples=("unlock prod",))
+async def unlock(ctx: Ctx, env: str) -> v.Reply:
+    """Release your hold of ENV (a break-glass role may release anyone's)."""
+    rules = environment(ctx.config, env)
+    holder = await lock_of(ctx.services, env)
+    if holder is None:
+        raise Conflict(f"{env} is not locked.")
+    if holder.holder != ctx.actor and not set(rules.break_glass) & await ctx.policy.roles_of(ctx.actor):
+        raise NotAllowed(f"<@{holder.holder}> holds {env}; only they or a break-glass role can unlock it.")
+    await ctx.store.write(lambda db: db.execute("DELETE FROM locks WHERE env = ?", (env,)))
+    return v.Reply.text(f"🔓 {env} is free.", public=True)
+
+
+def _freeze_notice(env: str, until: float | None, reason: str, by: str, lifted_by: str | None = None) -> v.Message:
+    if lifted_by:
+        text = f"🧊 ~{env} frozen~ — lifted by <@{lifted_by}>"
+    else:
+        text = f"🧊 *{env} is frozen* until {iso(until or 0)} by <@{by}>: {v.esc(reason)}"
+    return v.Message(text, (v.Section(text),))
+
+
+@group.command(
+    "freeze",
+    c.word("env"),
+    c.duration("duration"),
+    c.text("reason"),
+    id="deploy.freeze",
+    examples=('freeze prod 2d "end of quarter"',),
+)
+async def freeze(ctx: Ctx, env: str, duration: Any, reason: str) -> v.Reply:
+    """Stop deploys to ENV for a while; a notice stays in the approvals channel."""
+    environment(ctx.config, env)
+    now = ctx.clock.now()
+    until = now + duration.total_seconds()
+    key = f"freeze:{env}:{int(now)}"
+    channel = ctx.config.channels.approvals or ctx.config.channels.default
+    services = ctx.services
+
+    def tx(db: Database) -> None:
+        db.execute(
+            "INSERT INTO freezes (env, until, reason, by, at, notice_key) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(env) DO UPDATE SET until = excluded.until, reason = excluded.reason,"
+            " by = excluded.by, at = excluded.at, notice_key = excluded.notice_key",
+            (env, until, reason, ctx.actor, now, key),
+        )
+        services.post_in(db, channel, _freeze_notice(env, until, reason, ctx.actor), key=key, dedupe=f"post:{key}")
+
+    await ctx.store.write(tx)
+    ctx.services.outbox.kick()
+    return v.Reply.text(f"🧊 {env} is frozen for {format_duration(duration)}.", public=True)
+
+
+@group.command("unfreeze", c.word("env"), id="deploy.unfreeze", examples=("unfreeze prod",))
+async def unfreeze(ctx: Ctx, env: str) -> v.Reply:
+    """Lift a freeze of ENV."""
+    environment(ctx.config, env)
+    r = await ctx.store.read(lambda db: one(db, "SELECT * FROM freezes WHERE env = ?", (env,)))
+    if r is None or r["until"] <= ctx.clock.now():
+        raise Conflict(f"{env} is not frozen.")
+    await ctx.store.write(lambda db: db.execute("DELETE FROM freezes WHERE env = ?", (env,)))
+    if r["notice_key"]:
+        await ctx.services.update(r["notice_key"], _freeze_notice(env, None, r["reason"], r["by"], ctx.actor))
+    return v.Reply.text(f"🧊 {env} is open again.", public=True)
+
+
+# --- operate ----------------------------------------------------------------------------------------------
+
+
+@group.command(
+    "status",
+    c.word("service"),
+    c.word("env", optional=True),
+    id="operate.status",
+    examples=("status api", "status api prod"),
+)
+async def service_status(ctx: Ctx, service: str, env: str | None) -> v.Reply:
+    """The running version and pods of SERVICE per environment."""
+    ctx.service(service)
+    envs = [env] if env else list(ctx.config.environments)
+    if env:
+        environment(ctx.config, env)
+    blocks: list[v.Block] = [v.Header(f"{service}")]
+    for e in envs:
+        spec = target_spec(ctx.config, service, e)
+        try:
+            st = await target_for(ctx.services, spec).status(spec)
+        except AdapterError as err:
+            blocks.append(v.Section(f"*{e}*: could not be read ({v.esc(str(err))})"))
+            continue
+        pods = "\n".join(
+            f"{'🟢' if p.ready else '🔴'} `{v.esc(p.name)}` {v.esc(p.status)}"
+            + (f", {p.restarts} restarts" if p.restarts else "")
+            for p in st.pods[:10]
+        )
+        blocks.append(
+            v.Section(
+                f"*{e}*: `{v.esc(st.version or '?')}` — {st.ready}/{st.desired} ready" + (f"\n{pods}" if pods else "")
+            )
+        )
+    return v.Reply(v.Message(f"Status of {service}", tuple(blocks)))
+
+
+@group.command(
+    "scale",
+    c.word("service"),
+    c.word("env"),
+    c.number("replicas", min=0, max=500),
+    id="operate.scale",
+    examples=("scale api prod 6",),
+)
+async def scale(ctx: Ctx, service: str, env: str, replicas: int) -> v.Reply:
+    """Set the replica count (ENV's approvals apply)."""
+    r = await request(ctx, "scale", service, env, replicas=replicas)
+    return v.Reply.text(f"{r.title}: the card in {r.channel} follows it (release {r.id}).")
+
+
+@group.command("restart", c.word("service"), c.word("env"), id="operate.restart", examples=("restart api staging",))
+async def restart(ctx: Ctx, service: str, env: str) -> v.Reply:
+    """Restart the pods one by one (ENV's approvals apply)."""
+    r = await request(ctx, "restart", service, env)
+    return v.Reply.text(f"{r.title}: the card in {r.channel} follows it (release {r.id}).")
