@@ -41,7 +41,7 @@ from bot.router import CommandGroup, Router
 from bot.store import Store
 from bot.web import build_web_app
 from handlers import build as build_stage
-from handlers import core, feedback, insights, monitor, plan, test
+from handlers import core, deploy, feedback, insights, monitor, plan, test
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ GROUPS: tuple[CommandGroup, ...] = (
     plan.group,
     build_stage.group,
     test.group,
+    deploy.group,
     monitor.group,
     feedback.group,
     insights.group,
