@@ -241,7 +241,7 @@ async def ack(ctx: Ctx, ref: GroupRef) -> v.Reply:
                 try:
                     await ctx.services.nagios.acknowledge(
                         a.labels.get("host", ""),
-                        a.labels.get("service") or None,
+                        a.labels.get("nagios_service") or None,
                         who.name,
                         f"acknowledged in chat by {who.name} (opsloop)",
                     )
