@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 READY = re.compile(r"^ready (\d+)$", re.M)
@@ -156,3 +158,29 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float = 10.
             return int(resp.status), resp.read().decode(errors="replace")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
+
+
+def wait_output(server: Server, pattern: str, timeout: float = 60.0, what: str = "") -> re.Match[str]:
+    """Wait until the process's output matches `pattern` (a process that listens on no port of its own)."""
+    regex = re.compile(pattern, re.M)
+    found: list[re.Match[str]] = []
+
+    def printed() -> bool:
+        m = regex.search(server.log.read_text(errors="replace"))
+        if m:
+            found.append(m)
+        return m is not None
+
+    _wait(server, printed, timeout, what or f"print {pattern!r}")
+    return found[0]
+
+
+def request_json(url: str, data: Any = None, timeout: float = 60.0) -> Any:
+    """GET (or, with `data`, POST as JSON) without proxies; the answer's JSON. BenchError on a non-2xx."""
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with _NO_PROXY.open(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        raise BenchError(f"{url} answered {err.code}: {err.read().decode(errors='replace')[:300]}") from None

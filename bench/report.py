@@ -1,6 +1,6 @@
 """Ratios, the verdict, the printed table and the JSON file; pure functions over the results' JSON.
 
-`python -m bench.report bench/results/ack-….json` prints the table of an earlier run again.
+`python -m bench.report bench/results/ack-….json` prints the table of an earlier run again (watch-….json too).
 """
 
 from __future__ import annotations
@@ -84,10 +84,10 @@ def assemble(
     }
 
 
-def write_json(directory: Path, data: dict[str, Any]) -> Path:
-    """bench/results/ack-<time>.json (the directory is git-ignored)."""
+def write_json(directory: Path, data: dict[str, Any], prefix: str = "ack") -> Path:
+    """bench/results/<prefix>-<time>.json (the directory is git-ignored)."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"ack-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = directory / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return path
 
@@ -165,4 +165,10 @@ def table(data: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     for arg in sys.argv[1:]:
-        print(table(json.loads(Path(arg).read_text())))
+        data = json.loads(Path(arg).read_text())
+        if data.get("benchmark") == "build watching":  # bench/watch.py's results
+            from bench import watch
+
+            print(watch.table(data))
+        else:
+            print(table(data))

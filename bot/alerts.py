@@ -354,16 +354,28 @@ class AlertPipeline:
             route = routes.get(gkey) or routes.setdefault(gkey, self.route(labels))
             visible = a.severity.rank <= Severity(route.min_severity).rank
             g = one(db, "SELECT id FROM alert_groups WHERE key = ?", (gkey,))
-            if g is None:
-                gid = self._new_group(db, a, gkey, route, batch, now, visible)
-                created.add(gid)
-            else:
-                gid = int(g["id"])
             prev = one(
                 db,
                 "SELECT id, status, group_id FROM alerts WHERE source = ? AND fingerprint = ?",
                 (a.source, a.fingerprint),
             )
+            if g is None and prev is None and a.status is AlertStatus.RESOLVED:
+                # Something ended that never began here (a recovery after a restart of the source, an
+                # event on a healthy object): Alertmanager sends nothing for such a group, nor do we.
+                continue
+            if g is None:
+                gid = self._new_group(db, a, gkey, route, batch, now, visible)
+                created.add(gid)
+            else:
+                gid = int(g["id"])
+            if a.annotation("nagios_event") == "ACKNOWLEDGEMENT" and g is not None:
+                author = a.annotation("nagios_author") or "Nagios"
+                db.execute(
+                    "UPDATE alert_groups SET acked_by = coalesce(acked_by, ?), acked_at = coalesce(acked_at, ?)"
+                    " WHERE id = ?",
+                    (author, now, gid),
+                )
+                changed_groups.add(gid)
             status = a.status.value
             row = (
                 a.source,
