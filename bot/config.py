@@ -144,8 +144,41 @@ class RegistryConfig(_Model):
     timeout: Duration = Field(timedelta(seconds=10))
 
 
+class JiraConfig(_Model):
+    url: str = Field(description="https://your-site.atlassian.net or a Server/Data Center base URL")
+    user: str | None = Field(None, description="Cloud: the account email; Server/DC: the user name")
+    token_env: str = Field(description="API token (Cloud) or personal access token / password (Server/DC)")
+    project: str = Field(description="project key for `plan new`, e.g. OPS")
+    issue_type: str = "Task"
+    done: str = Field("Done", description="name of the transition (or status) that closes an issue")
+    users: dict[str, str] = Field(default_factory=dict, description="Slack user id -> Jira accountId/username")
+    timeout: Duration = Field(timedelta(seconds=15))
+
+
+class TrelloConfig(_Model):
+    key_env: str = Field(description="API key")
+    token_env: str = Field(description="API token")
+    board: str = Field(description="board id")
+    todo_list: str = Field("To Do", description="list (name or id) where new cards go")
+    done_list: str = Field("Done", description="list (name or id) that means done")
+    users: dict[str, str] = Field(default_factory=dict, description="Slack user id -> Trello member id")
+    timeout: Duration = Field(timedelta(seconds=15))
+
+
+class AsanaConfig(_Model):
+    token_env: str = Field(description="personal access token")
+    workspace: str = Field(description="workspace gid")
+    project: str = Field(description="project gid for new tasks")
+    users: dict[str, str] = Field(default_factory=dict, description="Slack user id -> Asana user gid")
+    timeout: Duration = Field(timedelta(seconds=15))
+
+
 class Integrations(_Model):
     """The tools opsloop talks to; each section is optional."""
+
+    jira: JiraConfig | None = None
+    trello: TrelloConfig | None = None
+    asana: AsanaConfig | None = None
 
     kubernetes: KubernetesConfig | None = None
     registry: RegistryConfig | None = None
