@@ -17,9 +17,15 @@ from typing import Any
 from aiohttp import web
 from rich.console import Console
 
+from adapters.alertmanager import AlertmanagerAPI, AlertmanagerWebhook
+from adapters.charts import MatplotlibCharts
+from adapters.grafana import GrafanaAPI, GrafanaWebhook
 from adapters.jenkins import JenkinsCI
 from adapters.junit import JUnitReader
+from adapters.nagios import NagiosCommands, NagiosWebhook
+from adapters.prometheus import PrometheusMetrics
 from adapters.selenium import ChromiumBrowser
+from adapters.splunk import SplunkSearch, SplunkWebhook
 from adapters.tracker_local import LocalTracker
 from adapters.travis import TravisCI
 from bot import views as v
@@ -35,7 +41,20 @@ from bot.jobs import Job, JobRunner
 from bot.metrics import Metrics
 from bot.outbox import ChatTransport, Outbox, Pacing
 from bot.policy import Policy
-from bot.ports import Browser, CIServer, Directory, TestResultsReader, Tracker
+from bot.ports import (
+    AlertManager,
+    AlertSource,
+    Browser,
+    ChartRenderer,
+    CIServer,
+    Dashboards,
+    Directory,
+    LogSearch,
+    MetricsSource,
+    MonitoringHost,
+    TestResultsReader,
+    Tracker,
+)
 from bot.redact import Redactor
 from bot.router import CommandGroup, Router
 from bot.store import Store
@@ -110,11 +129,27 @@ class Tools:
     ci: dict[str, CIServer] = field(default_factory=dict)
     test_reader: TestResultsReader | None = None
     browser: Browser | None = None
+    charts: ChartRenderer | None = None
+    alert_sources: dict[str, AlertSource] = field(default_factory=dict)
+    alertmanager: AlertManager | None = None
+    prometheus: MetricsSource | None = None
+    nagios: MonitoringHost | None = None
+    grafana: Dashboards | None = None
+    splunk: LogSearch | None = None
+
+    def reachable(self) -> list[tuple[str, Any]]:
+        """(config path, adapter) of everything `opsloop check` should reach."""
+        out: list[tuple[str, Any]] = [(f"integrations.{name}", server) for name, server in self.ci.items()]
+        for name in ("alertmanager", "prometheus", "nagios", "grafana", "splunk"):
+            adapter = getattr(self, name)
+            if adapter is not None:
+                out.append((f"integrations.{name}", adapter))
+        return out
 
     async def close(self) -> None:
         """Release what the adapters hold (HTTP sessions)."""
-        for server in self.ci.values():
-            closer = getattr(server, "close", None)
+        for _, adapter in self.reachable():
+            closer = getattr(adapter, "close", None)
             if closer is not None:
                 result = closer()
                 if asyncio.iscoroutine(result):
@@ -199,35 +234,61 @@ class Opsloop:
         await self.store.close()
 
 
-def secret_from_env(variable: str | None, path: str) -> str | None:
-    """The value of a `*_env` setting; ConfigError naming the variable when it is not set."""
-    if variable is None:
-        return None
-    value = os.environ.get(variable)
-    if not value:
-        raise ConfigError("environment", [(path, f"{variable} is not set; export it with the secret it names")])
-    return value
-
-
 def build_tools(config: Config, pool: BlockingPool) -> Tools:
-    """Construct the adapter of every configured integration (nothing is contacted yet)."""
-    tools = Tools(test_reader=JUnitReader(pool), browser=ChromiumBrowser(pool))
+    """Construct the adapter of every configured integration (nothing is contacted yet).
+
+    Every `*_env` that is not set is reported at once, with its config path."""
     problems: list[tuple[str, str]] = []
-    jenkins, travis = config.integrations.jenkins, config.integrations.travis
-    try:
-        if jenkins is not None:
-            token = secret_from_env(jenkins.token_env, "integrations.jenkins.token_env")
-            tools.ci["jenkins"] = JenkinsCI(
-                jenkins.url, jenkins.user, token, pool=pool, timeout=jenkins.timeout.total_seconds()
-            )
-    except ConfigError as err:
-        problems.extend(err.problems)
-    try:
-        if travis is not None:
-            token = secret_from_env(travis.token_env, "integrations.travis.token_env")
-            tools.ci["travis"] = TravisCI(travis.url, token or "", timeout=travis.timeout.total_seconds())
-    except ConfigError as err:
-        problems.extend(err.problems)
+
+    def secret(variable: str | None, path: str) -> str | None:
+        if variable is None:
+            return None
+        value = os.environ.get(variable)
+        if not value:
+            problems.append((path, f"{variable} is not set; export it with the secret it names"))
+        return value
+
+    i = config.integrations
+    tools = Tools(
+        test_reader=JUnitReader(pool),
+        browser=ChromiumBrowser(pool),
+        charts=MatplotlibCharts(pool),
+        alert_sources={s.name: s for s in (AlertmanagerWebhook(), GrafanaWebhook(), NagiosWebhook(), SplunkWebhook())},
+    )
+    if i.jenkins is not None:
+        token = secret(i.jenkins.token_env, "integrations.jenkins.token_env")
+        tools.ci["jenkins"] = JenkinsCI(
+            i.jenkins.url, i.jenkins.user, token, pool=pool, timeout=i.jenkins.timeout.total_seconds()
+        )
+    if i.travis is not None:
+        token = secret(i.travis.token_env, "integrations.travis.token_env")
+        tools.ci["travis"] = TravisCI(i.travis.url, token or "", timeout=i.travis.timeout.total_seconds())
+    if i.alertmanager is not None:
+        tools.alertmanager = AlertmanagerAPI(
+            i.alertmanager.url,
+            timeout=i.alertmanager.timeout.total_seconds(),
+            token=secret(i.alertmanager.token_env, "integrations.alertmanager.token_env"),
+        )
+    if i.prometheus is not None:
+        tools.prometheus = PrometheusMetrics(
+            i.prometheus.url,
+            pool=pool,
+            timeout=i.prometheus.timeout.total_seconds(),
+            token=secret(i.prometheus.token_env, "integrations.prometheus.token_env"),
+        )
+    if i.nagios is not None:
+        tools.nagios = NagiosCommands(i.nagios.command_file, i.nagios.status_file, pool=pool)
+    if i.grafana is not None:
+        tools.grafana = GrafanaAPI(
+            i.grafana.url,
+            timeout=i.grafana.timeout.total_seconds(),
+            token=secret(i.grafana.token_env, "integrations.grafana.token_env"),
+        )
+    if i.splunk is not None:
+        token = secret(i.splunk.token_env, "integrations.splunk.token_env")
+        tools.splunk = SplunkSearch(
+            i.splunk.url, token=token or "", timeout=i.splunk.timeout.total_seconds(), verify_tls=i.splunk.verify_tls
+        )
     if problems:
         raise ConfigError("environment", problems)
     return tools
@@ -276,6 +337,13 @@ async def build(
         ci=tools.ci,
         test_reader=tools.test_reader,
         browser=tools.browser,
+        charts=tools.charts,
+        alert_sources=tools.alert_sources,
+        alertmanager=tools.alertmanager,
+        prometheus=tools.prometheus,
+        nagios=tools.nagios,
+        grafana=tools.grafana,
+        splunk=tools.splunk,
     )
     ref.append(services)
     router = Router(groups, services)

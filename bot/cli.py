@@ -191,11 +191,11 @@ async def _check(config: Config, env: Env) -> int:
             report(False, where, msg)
         tools = None
     if tools is not None:
-        for name, server in tools.ci.items():
+        for where, adapter in tools.reachable():
             try:
-                report(True, f"integrations.{name}", await server.check())
+                report(True, where, await adapter.check())
             except AdapterError as err:
-                report(False, f"integrations.{name}", f"{err}; check its url, user and token")
+                report(False, where, f"{err}; check its url and credentials")
         await tools.close()
     pool.close()
     print(f"{failures} problem(s)" if failures else "all checks passed")
