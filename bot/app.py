@@ -178,6 +178,16 @@ class Opsloop:
         await self.services.jobs.recover()
         await self.services.approvals.expire_due()
         self._tasks.append(asyncio.create_task(self._sweep(), name="approval-sweeper"))
+        for seconds, fn in self.router.periodics:
+            self._tasks.append(asyncio.create_task(self._every(seconds, fn), name=f"every-{fn.__name__}"))
+
+    async def _every(self, seconds: float, fn: Any) -> None:
+        while True:
+            try:
+                await fn(self.services)
+            except Exception:  # the next round tries again
+                log.exception("periodic %s failed", getattr(fn, "__name__", fn))
+            await asyncio.sleep(seconds)
 
     async def _sweep(self) -> None:
         while True:

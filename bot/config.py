@@ -321,6 +321,17 @@ class EnvironmentConfig(_Model):
     channel: str | None = Field(None, description="where its release threads go (default channels.approvals)")
 
 
+class DigestConfig(_Model):
+    channel: str | None = Field(None, description="where the weekly digest goes; none: no digest")
+    weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = "monday"
+    hour: int = Field(9, ge=0, le=23, description="UTC hour it is sent at")
+
+
+class InsightsConfig(_Model):
+    production: str = Field("prod", description="the environment whose deploys DORA counts")
+    digest: DigestConfig = DigestConfig()
+
+
 class Config(_Model):
     """The whole opsloop configuration (opsloop.yml)."""
 
@@ -338,6 +349,7 @@ class Config(_Model):
     )
     plan: PlanConfig = PlanConfig()
     alerts: AlertsConfig = AlertsConfig()
+    insights: InsightsConfig = InsightsConfig()
     console: ConsoleConfig = ConsoleConfig()
     slack: SlackConfig = SlackConfig()
     services: dict[str, ServiceConfig] = Field(default_factory=dict)

@@ -147,6 +147,7 @@ class CommandGroup:
     shortcuts: list[ShortcutSpec] = field(default_factory=list)
     homes: list[tuple[int, HomeFn]] = field(default_factory=list)
     hooks: list[HookSpec] = field(default_factory=list)
+    periodics: list[tuple[float, Callable[[Services], Awaitable[Any]]]] = field(default_factory=list)
     jobs: list[tuple[str, Callable[..., Awaitable[None]], bool, float]] = field(default_factory=list)
     approval_kinds: list[
         tuple[
@@ -222,6 +223,15 @@ class CommandGroup:
 
         return deco
 
+    def periodic(self, seconds: float) -> Callable[[Any], Any]:
+        """Run `async def fn(services)` every `seconds` while opsloop runs (schedules, sweeps)."""
+
+        def deco(fn: Any) -> Any:
+            self.periodics.append((seconds, fn))
+            return fn
+
+        return deco
+
     def job(self, kind: str, *, resumable: bool = False, timeout: float = 3600.0) -> Callable[[Any], Any]:
         """Register a kind of job: `async def fn(services, jctx)`."""
 
@@ -276,6 +286,7 @@ class Router:
             {h.source: h for g in groups for h in g.hooks}, [h.source for g in groups for h in g.hooks], "hook"
         )
         self.homes = sorted((h for g in groups for h in g.homes), key=lambda x: x[0])
+        self.periodics = [p for g in groups for p in g.periodics]
         for g in groups:
             for kind, fn, resumable, timeout in g.jobs:
                 services.jobs.register(JobKind(kind, partial(fn, services), resumable, timeout))

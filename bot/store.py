@@ -417,3 +417,10 @@ def m004_releases(db: Database) -> None:
     )
     db.execute("ALTER TABLE feedback ADD COLUMN release_id INTEGER")
     db.execute("ALTER TABLE feedback ADD COLUMN rating TEXT")
+
+
+@MIGRATIONS()
+def m005_digests(db: Database) -> None:
+    # One row per week a digest was sent: the primary key makes "once, even across restarts" a fact.
+    db.execute("CREATE TABLE digests_sent (week TEXT PRIMARY KEY, at REAL NOT NULL)")
+    db.execute("CREATE INDEX events_at ON events(at)")
