@@ -205,8 +205,12 @@ class Opsloop:
         def tx(db: Any) -> None:
             # Slack retries an event for at most a few minutes (hours with Delayed Events on).
             db.execute("DELETE FROM seen_events WHERE at < ?", (now - EVENT_MEMORY,))
-            # Delivered writes keep their dedupe key for a week; message_refs stay for good.
+            # Delivered writes with a dedupe key keep it for a week; the rest (card edits, mostly) are
+            # history nobody reads after an hour. message_refs stay for good.
             db.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (now - OUTBOX_MEMORY,))
+            db.execute(
+                "DELETE FROM outbox WHERE state = 'sent' AND dedupe_key IS NULL AND sent_at < ?", (now - 3600.0,)
+            )
 
         await self.services.store.write(tx)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import json
 import logging
 import random
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 Payload = Mapping[str, Any]
 MARKER_EVENT = "opsloop_write"
+
+
+def _digest(body: str) -> str:
+    return hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()
 
 
 def _requeue(db: Database, row_id: int) -> None:
@@ -230,7 +235,11 @@ class Outbox:
         if pending:
             db.execute("UPDATE outbox SET payload = ? WHERE id = ?", (body, pending["id"]))
             return True
-        ref = one(db, "SELECT channel FROM message_refs WHERE key = ?", (key,))
+        ref = one(db, "SELECT channel, sent_hash FROM message_refs WHERE key = ?", (key,))
+        if ref is not None and ref["sent_hash"] == _digest(body):
+            in_flight = one(db, "SELECT id FROM outbox WHERE ref_key = ? AND state = 'sending'", (key,))
+            if in_flight is None:
+                return True  # Slack already shows exactly this: an edit would change nothing
         if ref is None:
             in_flight = one(
                 db, "SELECT channel FROM outbox WHERE ref_key = ? AND op = 'post' AND state = 'sending'", (key,)
@@ -499,10 +508,13 @@ class Outbox:
         )
         if ts is not None and r["ref_key"]:
             db.execute(
-                "INSERT INTO message_refs (key, channel, ts, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET channel = excluded.channel, ts = excluded.ts",
-                (r["ref_key"], channel, ts, self._clock.now()),
+                "INSERT INTO message_refs (key, channel, ts, created_at, sent_hash) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET channel = excluded.channel, ts = excluded.ts,"
+                " sent_hash = excluded.sent_hash",
+                (r["ref_key"], channel, ts, self._clock.now(), _digest(r["payload"])),
             )
+        elif r["op"] == Op.UPDATE and r["ref_key"]:
+            db.execute("UPDATE message_refs SET sent_hash = ? WHERE key = ?", (_digest(r["payload"]), r["ref_key"]))
 
     async def _failed(self, r: Mapping[str, Any], err: DeliveryError) -> None:
         op = str(r["op"])

@@ -424,3 +424,10 @@ def m005_digests(db: Database) -> None:
     # One row per week a digest was sent: the primary key makes "once, even across restarts" a fact.
     db.execute("CREATE TABLE digests_sent (week TEXT PRIMARY KEY, at REAL NOT NULL)")
     db.execute("CREATE INDEX events_at ON events(at)")
+
+
+@MIGRATIONS()
+def m006_sent_hash(db: Database) -> None:
+    # What Slack shows for a message now, so an edit that changes nothing is not sent.
+    db.execute("ALTER TABLE message_refs ADD COLUMN sent_hash TEXT")
+    db.execute("CREATE INDEX outbox_sent ON outbox(state, sent_at)")

@@ -70,7 +70,10 @@ def card(row: BuildRow, *, typical_s: float | None, now: float) -> v.Message:
         elif state is BuildState.RUNNING:
             elapsed = now - (row.started_at or now)
             usual = f" (usually ~{_dur(typical_s)})" if typical_s else ""
-            status = f"🔄 running for {_dur(elapsed // 60 * 60 or elapsed)}{usual}"
+            # Minutes only: a label that changed on every poll would be a card edit on every poll.
+            status = (
+                f"🔄 running for {_dur(max(60.0, elapsed // 60 * 60)) if elapsed >= 60 else 'under a minute'}{usual}"
+            )
         else:
             status = f"{_ICON[state]} {state.value.replace('_', ' ')}"
             if row.duration_s:
@@ -240,15 +243,30 @@ async def watch_job(services: Services, jctx: JobCtx) -> None:
             cur = await _save(services, cur, number=ref.number, state=BuildState.RUNNING.value)
             await record_event(services, cur, "build.started")
         b = await ci.build(cur.job, cur.number)  # type: ignore[arg-type]
-        changes = {k: val for k, val in _from_build(b).items() if val is not None}
-        before = cur
+        fresh = {k: val for k, val in _from_build(b).items() if val is not None}
+        stored = {
+            "number": cur.number,
+            "label": cur.label,
+            "state": cur.state,
+            "url": cur.url,
+            "commit_sha": cur.commit,
+            "branch": cur.branch,
+            "cause": cur.cause,
+            "started_at": cur.started_at,
+            "duration_s": cur.duration_s,
+        }
+        changes = {k: val for k, val in fresh.items() if stored.get(k) != val}
         if b.state.finished:
             changes["finished_at"] = services.clock.now()
-        cur = await _save(services, cur, **changes)
-        state["row"] = cur
+        before = cur
+        if changes:  # an unchanged build costs no write
+            cur = await _save(services, cur, **changes)
+            state["row"] = cur
         changed = (before.state, before.commit) != (cur.state, cur.commit)
-        if cur.state != BuildState.QUEUED.value:
+        if changed and cur.state != BuildState.QUEUED.value:
             await record_event(services, cur, "build.started")  # once per build (announced builds too)
+        # The card changes when the build does, or when its "running for" minute does; the outbox also
+        # drops an edit that would not change what Slack shows.
         await refresh_card(services, cur, typical)
         return Progress(final=cur if b.state.finished else None, changed=changed)
 

@@ -217,3 +217,15 @@ async def test_a_row_is_claimed_once_and_with_its_newest_payload(tmp_path: Path,
     assert claimed is not None and json.loads(claimed["payload"])["text"] == "v2"
     assert again is None
     await store.close()
+
+
+async def test_an_edit_that_changes_nothing_is_not_sent(box: Outbox, emu: SlackEmulator) -> None:
+    await box.post("C0OPS", msg("same"), key="card:s")
+    assert await box.drain(10)
+    for _ in range(5):
+        await box.update("card:s", msg("same"))
+    await box.update("card:s", msg("new"))
+    assert await box.drain(10)
+    await box.update("card:s", msg("new"))
+    assert await box.drain(10)
+    assert len(emu.calls_to("chat.update")) == 1 and emu.messages("C0OPS")[0].text == "new"
