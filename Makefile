@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	sh scripts/demo-repo examples/.demo-repo
+	mkdir -p examples/.demo-versions
 	OPSLOOP_HTTP_PORT=$${OPSLOOP_HTTP_PORT:-3000} $(BIN)/opsloop console --config examples/demo.yml
 
 lint: $(STAMP)

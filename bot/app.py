@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -19,11 +20,14 @@ from rich.console import Console
 
 from adapters.alertmanager import AlertmanagerAPI, AlertmanagerWebhook
 from adapters.charts import MatplotlibCharts
+from adapters.command import CommandTarget
+from adapters.git import GitRepository
 from adapters.grafana import GrafanaAPI, GrafanaWebhook
 from adapters.jenkins import JenkinsCI
 from adapters.junit import JUnitReader
 from adapters.nagios import NagiosCommands, NagiosWebhook
 from adapters.prometheus import PrometheusMetrics
+from adapters.registry import DockerRegistry
 from adapters.selenium import ChromiumBrowser
 from adapters.splunk import SplunkSearch, SplunkWebhook
 from adapters.tracker_local import LocalTracker
@@ -48,10 +52,13 @@ from bot.ports import (
     ChartRenderer,
     CIServer,
     Dashboards,
+    DeployTarget,
     Directory,
     LogSearch,
     MetricsSource,
     MonitoringHost,
+    Registry,
+    Repository,
     TestResultsReader,
     Tracker,
 )
@@ -136,14 +143,23 @@ class Tools:
     nagios: MonitoringHost | None = None
     grafana: Dashboards | None = None
     splunk: LogSearch | None = None
+    targets: dict[str, DeployTarget] = field(default_factory=dict)
+    registry: Registry | None = None
+    repos: dict[str, Repository] = field(default_factory=dict)
 
     def reachable(self) -> list[tuple[str, Any]]:
         """(config path, adapter) of everything `opsloop check` should reach."""
         out: list[tuple[str, Any]] = [(f"integrations.{name}", server) for name, server in self.ci.items()]
-        for name in ("alertmanager", "prometheus", "nagios", "grafana", "splunk"):
+        for name in ("alertmanager", "prometheus", "nagios", "grafana", "splunk", "registry"):
             adapter = getattr(self, name)
             if adapter is not None:
                 out.append((f"integrations.{name}", adapter))
+        out.extend((f"deploy target {name}", t) for name, t in self.targets.items())
+        seen: set[int] = set()
+        for service, repo in self.repos.items():
+            if id(repo) not in seen:
+                seen.add(id(repo))
+                out.append((f"services.{service}.repo", repo))
         return out
 
     async def close(self) -> None:
@@ -248,7 +264,9 @@ class Opsloop:
         await self.store.close()
 
 
-def build_tools(config: Config, pool: BlockingPool) -> Tools:
+def build_tools(
+    config: Config, pool: BlockingPool, *, base_dir: Path | None = None, redactor: Redactor | None = None
+) -> Tools:
     """Construct the adapter of every configured integration (nothing is contacted yet).
 
     Every `*_env` that is not set is reported at once, with its config path."""
@@ -303,6 +321,38 @@ def build_tools(config: Config, pool: BlockingPool) -> Tools:
         tools.splunk = SplunkSearch(
             i.splunk.url, token=token or "", timeout=i.splunk.timeout.total_seconds(), verify_tls=i.splunk.verify_tls
         )
+    if i.registry is not None:
+        tools.registry = DockerRegistry(
+            i.registry.url,
+            user=i.registry.user,
+            timeout=i.registry.timeout.total_seconds(),
+            password=secret(i.registry.password_env, "integrations.registry.password_env"),
+        )
+    base = base_dir or Path.cwd()
+    commands = [s.deploy.command for s in config.services.values() if s.deploy and s.deploy.command]
+    commands += [o.command for s in config.services.values() if s.deploy for o in s.deploy.envs.values() if o.command]
+    cmd = i.command
+    tools.targets["command"] = CommandTarget(
+        redactor=redactor or Redactor(),
+        pass_env=cmd.pass_env,
+        commands=commands,
+        version_file=str(base / cmd.version_file) if cmd.version_file else None,
+        cwd=cmd.cwd or str(base),
+    )
+    clones: dict[str, Repository] = {}
+    for name, svc in config.services.items():
+        if svc.repo is None:
+            continue
+        where = svc.repo.url or str((base / (svc.repo.path or ".")).resolve())
+        if where not in clones:
+            clones[where] = GitRepository(
+                pool=pool,
+                url=svc.repo.url,
+                branch=svc.repo.branch,
+                path=None if svc.repo.url else where,
+                cache_dir=str(base / ".opsloop-git"),
+            )
+        tools.repos[name] = clones[where]
     if problems:
         raise ConfigError("environment", problems)
     return tools
@@ -322,8 +372,9 @@ async def build(
     """Wire everything for one transport; the store is opened (migrations applied) here."""
     clock = clock or SystemClock()
     blocking = BlockingPool()  # every adapter on a sync library shares it (bounded, with timeouts)
-    tools = build_tools(config, blocking)  # before the store opens: a missing secret stops us cleanly
     redactor = Redactor(secret_values(config, env))
+    # Before the store opens: a missing secret stops us cleanly.
+    tools = build_tools(config, blocking, base_dir=env.config_path.parent.resolve(), redactor=redactor)
     store = Store(database_path(config, env))
     await store.open()
     metrics = Metrics()
@@ -358,6 +409,9 @@ async def build(
         nagios=tools.nagios,
         grafana=tools.grafana,
         splunk=tools.splunk,
+        targets=tools.targets,
+        registry=tools.registry,
+        repos=tools.repos,
     )
     ref.append(services)
     router = Router(groups, services)

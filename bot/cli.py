@@ -185,7 +185,7 @@ async def _check(config: Config, env: Env) -> int:
 
     pool = BlockingPool()
     try:
-        tools = build_tools(config, pool)
+        tools = build_tools(config, pool, base_dir=env.config_path.parent.resolve())
     except ConfigError as err:
         for where, msg in err.problems:
             report(False, where, msg)

@@ -173,8 +173,20 @@ class AsanaConfig(_Model):
     timeout: Duration = Field(timedelta(seconds=15))
 
 
+class CommandTargetConfig(_Model):
+    """How `target: command` deploys run (the command itself is per service)."""
+
+    pass_env: list[str] = Field(default_factory=list, description="environment variables the command may see")
+    version_file: str | None = Field(
+        None, description="file ({service}, {env} filled in) opsloop writes the deployed version to and reads back"
+    )
+    cwd: str | None = Field(None, description="working directory (default: the config file's directory)")
+
+
 class Integrations(_Model):
     """The tools opsloop talks to; each section is optional."""
+
+    command: CommandTargetConfig = CommandTargetConfig()
 
     jira: JiraConfig | None = None
     trello: TrelloConfig | None = None
@@ -306,7 +318,7 @@ def _critical_only() -> list[Literal["critical", "warning", "info"]]:
 
 
 class EnvBake(_Model):
-    minutes: int = Field(0, ge=0)
+    minutes: float = Field(0, ge=0, description="how long to watch alerts after a rollout (0: no bake)")
     rollback_on: list[Literal["critical", "warning", "info"]] = Field(default_factory=_critical_only)
     auto_rollback: bool = False
 
