@@ -305,6 +305,18 @@ class Approvals:
         self._outbox.kick()
         return result
 
+    async def _check_card(self, a: Approval, channel: str, message_ts: str) -> None:
+        kind = self._kinds.get(a.policy_key)
+        key = a.subject if kind is not None and kind.on_change is not None else a.card_key
+        ref = await self._outbox.ref(key)
+        if ref is None:
+            return  # not posted yet (or posted by an older version): nothing to compare with
+        if (ref.channel, ref.ts) != (channel, message_ts):
+            raise NotAllowed(
+                f"This button does not belong to request `{a.id}`'s card in <#{ref.channel}>, so the click "
+                "doesn't count; use the buttons on that card."
+            )
+
     def _close_in(self, db: Database, approval_id: str, state: ApprovalState, reason: str, now: float) -> bool:
         cur = db.execute(
             "UPDATE approvals SET state = ?, decided_at = ?, decided_reason = ? WHERE id = ? AND state = 'pending'",
@@ -334,14 +346,26 @@ class Approvals:
         else:
             self._outbox.update_in(db, a.card_key, rendering.message(card(a, now)))
 
-    async def vote(self, approval_id: str, user: str, decision: str, *, channel: str | None = None) -> VoteResult:
+    async def vote(
+        self,
+        approval_id: str,
+        user: str,
+        decision: str,
+        *,
+        channel: str | None = None,
+        message_ts: str | None = None,
+    ) -> VoteResult:
         """Record one person's approve/reject; run the action when the quorum is reached.
 
-        Refusals raise NotAllowed/Conflict with the reason and are audited by the caller."""
+        A click (channel and message_ts given) counts only on the request's own card, so a button
+        payload replayed from another message or channel is refused. Refusals raise
+        NotAllowed/Conflict with the reason and are audited by the caller."""
         if decision not in ("approve", "reject"):
             raise ValueError(decision)
         a = await self.get(approval_id)
         now = self._clock.now()
+        if channel is not None and message_ts is not None:
+            await self._check_card(a, channel, message_ts)
         if a.state is not ApprovalState.PENDING:
             raise Conflict(
                 f"This request is already {a.state.value}" + (f" ({a.decided_reason})." if a.decided_reason else ".")

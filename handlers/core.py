@@ -80,7 +80,7 @@ class ApprovalRef(BaseModel):
 
 
 async def _vote(ctx: Ctx, ref: ApprovalRef, decision: str) -> v.Reply:
-    result = await ctx.approvals.vote(ref.id, ctx.actor, decision, channel=ctx.channel)
+    result = await ctx.approvals.vote(ref.id, ctx.actor, decision, channel=ctx.channel, message_ts=ctx.message_ts)
     return v.Reply.text(result.message)
 
 
