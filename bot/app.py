@@ -25,6 +25,7 @@ from adapters.git import GitRepository
 from adapters.grafana import GrafanaAPI, GrafanaWebhook
 from adapters.jenkins import JenkinsCI
 from adapters.junit import JUnitReader
+from adapters.kubernetes import KubernetesTarget
 from adapters.nagios import NagiosCommands, NagiosWebhook
 from adapters.prometheus import PrometheusMetrics
 from adapters.registry import DockerRegistry
@@ -327,6 +328,15 @@ def build_tools(
             user=i.registry.user,
             timeout=i.registry.timeout.total_seconds(),
             password=secret(i.registry.password_env, "integrations.registry.password_env"),
+        )
+    if i.kubernetes is not None:
+        k = i.kubernetes
+        tools.targets["kubernetes"] = KubernetesTarget(
+            pool=pool,
+            kubeconfig=k.kubeconfig,
+            context=k.context,
+            in_cluster=k.in_cluster,
+            timeout=k.timeout.total_seconds(),
         )
     base = base_dir or Path.cwd()
     commands = [s.deploy.command for s in config.services.values() if s.deploy and s.deploy.command]
