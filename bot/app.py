@@ -19,11 +19,13 @@ from aiohttp import web
 from rich.console import Console
 
 from adapters.alertmanager import AlertmanagerAPI, AlertmanagerWebhook
+from adapters.asana import AsanaTracker
 from adapters.charts import MatplotlibCharts
 from adapters.command import CommandTarget
 from adapters.git import GitRepository
 from adapters.grafana import GrafanaAPI, GrafanaWebhook
 from adapters.jenkins import JenkinsCI
+from adapters.jira import JiraTracker
 from adapters.junit import JUnitReader
 from adapters.kubernetes import KubernetesTarget
 from adapters.nagios import NagiosCommands, NagiosWebhook
@@ -33,6 +35,8 @@ from adapters.selenium import ChromiumBrowser
 from adapters.splunk import SplunkSearch, SplunkWebhook
 from adapters.tracker_local import LocalTracker
 from adapters.travis import TravisCI
+from adapters.trello import DEFAULT_URL as TRELLO_API
+from adapters.trello import TrelloTracker
 from bot import views as v
 from bot.approvals import Approvals
 from bot.audit import AuditLog
@@ -147,6 +151,7 @@ class Tools:
     targets: dict[str, DeployTarget] = field(default_factory=dict)
     registry: Registry | None = None
     repos: dict[str, Repository] = field(default_factory=dict)
+    trackers: dict[str, Tracker] = field(default_factory=dict)  # the external ones; `local` lives in the store
 
     def reachable(self) -> list[tuple[str, Any]]:
         """(config path, adapter) of everything `opsloop check` should reach."""
@@ -156,6 +161,7 @@ class Tools:
             if adapter is not None:
                 out.append((f"integrations.{name}", adapter))
         out.extend((f"deploy target {name}", t) for name, t in self.targets.items())
+        out.extend((f"integrations.{name}", t) for name, t in self.trackers.items())
         seen: set[int] = set()
         for service, repo in self.repos.items():
             if id(repo) not in seen:
@@ -164,9 +170,12 @@ class Tools:
         return out
 
     async def close(self) -> None:
-        """Release what the adapters hold (HTTP sessions)."""
+        """Release what the adapters hold (HTTP sessions, client threads)."""
+        trackers = {id(t) for t in self.trackers.values()}
         for _, adapter in self.reachable():
-            closer = getattr(adapter, "close", None)
+            # A tracker's `close` closes a work item; trackers release with `aclose` or `shutdown`.
+            names = ("aclose", "shutdown") if id(adapter) in trackers else ("aclose", "close")
+            closer = next((getattr(adapter, n) for n in names if hasattr(adapter, n)), None)
             if closer is not None:
                 result = closer()
                 if asyncio.iscoroutine(result):
@@ -363,6 +372,46 @@ def build_tools(
                 cache_dir=str(base / ".opsloop-git"),
             )
         tools.repos[name] = clones[where]
+    if i.jira is not None:
+        j = i.jira
+        tools.trackers["jira"] = JiraTracker(
+            j.url,
+            user=j.user,
+            token=secret(j.token_env, "integrations.jira.token_env") or "",
+            project=j.project,
+            issue_type=j.issue_type,
+            done=j.done,
+            users=j.users,
+            pool=pool,
+            timeout=j.timeout.total_seconds(),
+            token_env=j.token_env,
+        )
+    if i.trello is not None:
+        t = i.trello
+        tools.trackers["trello"] = TrelloTracker(
+            key=secret(t.key_env, "integrations.trello.key_env") or "",
+            token=secret(t.token_env, "integrations.trello.token_env") or "",
+            board=t.board,
+            todo_list=t.todo_list,
+            done_list=t.done_list,
+            users=t.users,
+            timeout=t.timeout.total_seconds(),
+            base_url=t.url or TRELLO_API,
+            key_env=t.key_env,
+            token_env=t.token_env,
+        )
+    if i.asana is not None:
+        a = i.asana
+        tools.trackers["asana"] = AsanaTracker(
+            token=secret(a.token_env, "integrations.asana.token_env") or "",
+            workspace=a.workspace,
+            project=a.project,
+            users=a.users,
+            pool=pool,
+            timeout=a.timeout.total_seconds(),
+            host=a.url,
+            token_env=a.token_env,
+        )
     if problems:
         raise ConfigError("environment", problems)
     return tools
@@ -394,7 +443,7 @@ async def build(
     policy = Policy(config, directory)
     audit = AuditLog(store, redactor, clock)
     approvals = Approvals(store, config, policy, jobs, outbox, audit, clock)
-    trackers: dict[str, Tracker] = {"local": LocalTracker(store, config.plan.prefix, clock.now)}
+    trackers: dict[str, Tracker] = {"local": LocalTracker(store, config.plan.prefix, clock.now), **tools.trackers}
     services = Services(
         config=config,
         store=store,

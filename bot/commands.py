@@ -21,7 +21,29 @@ from bot.errors import UsageError
 _QUOTES = {'"': '"', "“": "”", "”": "”", "„": "“"}
 _SLACK_USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>$")
 _PLAIN_USER = re.compile(r"^@([\w.\-]+)$")
-_KEY = re.compile(r"^(?:([A-Za-z][A-Za-z0-9]{0,9})-)?(\d{1,9})$")
+# ABC-12 (built-in tracker, Jira), a bare number, a Trello card's short link, an Asana task gid.
+_KEY = re.compile(r"^(?:([A-Za-z][A-Za-z0-9_]{0,9})-)?(\d{1,20})$")
+_SHORT_LINK = re.compile(r"^(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{8}$")
+# A pasted link (Slack wraps it in <…>, maybe with |label): Jira browse, Trello card, Asana task.
+_KEY_IN_URL = (
+    re.compile(r"/browse/([A-Za-z][A-Za-z0-9_]{0,9}-\d{1,20})(?:[/?#]|$)"),
+    re.compile(r"trello\.com/c/([A-Za-z0-9]{8})(?:[/?#]|$)"),
+    re.compile(r"asana\.com/.*?/(\d{10,20})(?:/f)?/?(?:[?#]|$)"),
+)
+
+
+def key_of_link(text: str) -> str | None:
+    """The item key in a pasted Jira, Trello or Asana link; None for anything else."""
+    url = text.strip("<>").split("|", 1)[0]
+    if not url.startswith(("http://", "https://")):
+        return None
+    for pattern in _KEY_IN_URL:
+        m = pattern.search(url)
+        if m:
+            return m.group(1)
+    return None
+
+
 _KV = re.compile(r"^([A-Za-z_][\w.\-]*)=(.*)$")
 
 
@@ -32,7 +54,8 @@ class Token:
 
 
 def tokenize(text: str) -> list[Token]:
-    """Split on whitespace; double quotes (straight or curly) group words; raise on an open quote."""
+    """Split on whitespace; double quotes (straight or curly) and Slack's <…> group words; raise on an
+    open quote."""
     tokens: list[Token] = []
     i, n = 0, len(text)
     while i < n:
@@ -53,6 +76,11 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(Token("".join(buf), quoted=True))
             continue
         start = i
+        if c == "<" and (end := text.find(">", i)) != -1 and "<" not in text[i + 1 : end]:
+            # Slack's <url|label>, <@U1|name>: one token even when the label has spaces.
+            i = end + 1
+            tokens.append(Token(text[start:i]))
+            continue
         while i < n and not text[i].isspace() and text[i] not in _QUOTES:
             i += 1
         tokens.append(Token(text[start:i]))
@@ -352,10 +380,15 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
                 raise _usage_error(spec, f"`{tok.text}` is not one of {', '.join(p.choices)}.")
             value, i = low, i + 1
         elif p.kind is Kind.KEY:
-            m2 = _KEY.match(tok.text.strip("#"))
-            if m2 is None:
-                raise _usage_error(spec, f"`{tok.text}` is not an item key like OPS-12.")
-            value, i = (f"{m2.group(1).upper()}-{m2.group(2)}" if m2.group(1) else m2.group(2)), i + 1
+            raw = key_of_link(tok.text) or tok.text.strip("#")
+            m2 = _KEY.match(raw)
+            if m2 is not None:
+                value = f"{m2.group(1).upper()}-{m2.group(2)}" if m2.group(1) else m2.group(2)
+            elif _SHORT_LINK.match(raw):
+                value = raw  # Trello short links are case-sensitive
+            else:
+                raise _usage_error(spec, f"`{tok.text}` is not an item key like OPS-12 (or a card or task link).")
+            i += 1
         elif p.kind is Kind.INT:
             try:
                 n = int(tok.text.lstrip("#"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.durations import parse_duration
 from bot.errors import ConfigError
@@ -62,9 +62,23 @@ class ApprovalRule(_Model):
     expire_after: Duration = Field(timedelta(minutes=30), description="e.g. 30m, 2h")
 
 
+TrackerName = Literal["local", "jira", "trello", "asana"]
+
+
 class PlanConfig(_Model):
     prefix: str = Field("OPS", pattern=r"^[A-Z][A-Z0-9]{0,9}$", description="key prefix: OPS-12")
-    tracker: str = Field("local", description="default tracker for `plan new`")
+    tracker: TrackerName = Field("local", description="default tracker for `plan new`")
+    unfurl: bool = Field(
+        True, description="answer an item key or link pasted in a channel with a small card (in its thread)"
+    )
+
+
+class FeedbackConfig(_Model):
+    reactions: dict[str, Literal["feedback", "ticket"]] = Field(
+        default_factory=dict,
+        description="emoji name (without colons) -> what reacting with it files: feedback, or a ticket in "
+        "the tracker of the channel's service",
+    )
 
 
 class ConsoleConfig(_Model):
@@ -156,6 +170,7 @@ class JiraConfig(_Model):
 
 
 class TrelloConfig(_Model):
+    url: str | None = Field(None, description="API base (default https://api.trello.com/1/)")
     key_env: str = Field(description="API key")
     token_env: str = Field(description="API token")
     board: str = Field(description="board id")
@@ -166,6 +181,7 @@ class TrelloConfig(_Model):
 
 
 class AsanaConfig(_Model):
+    url: str | None = Field(None, description="API base (default https://app.asana.com/api/1.0)")
     token_env: str = Field(description="personal access token")
     workspace: str = Field(description="workspace gid")
     project: str = Field(description="project gid for new tasks")
@@ -294,7 +310,7 @@ class ServiceConfig(_Model):
     channel: str | None = Field(None, description="the team's channel for this service's cards")
     build: BuildConfig | None = None
     smoke: SmokeConfig | None = None
-    tracker: str | None = None
+    tracker: TrackerName | None = Field(None, description="where this service's tickets go (default: plan.tracker)")
     repo: RepoConfig | None = None
     deploy: DeployConfig | None = None
     alerts: AlertRoute | None = Field(None, description="route for this service's alerts (match defaults to service)")
@@ -360,6 +376,7 @@ class Config(_Model):
         default_factory=dict, description="policy key (plan.done) -> approval rule"
     )
     plan: PlanConfig = PlanConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     alerts: AlertsConfig = AlertsConfig()
     insights: InsightsConfig = InsightsConfig()
     console: ConsoleConfig = ConsoleConfig()
@@ -367,6 +384,15 @@ class Config(_Model):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     environments: dict[str, EnvironmentConfig] = Field(default_factory=dict)
     integrations: Integrations = Integrations()
+
+    @model_validator(mode="after")
+    def _trackers_are_configured(self) -> Config:
+        wanted = [("plan.tracker", self.plan.tracker)]
+        wanted += [(f"services.{n}.tracker", s.tracker) for n, s in self.services.items() if s.tracker]
+        for path, name in wanted:
+            if name != "local" and getattr(self.integrations, name) is None:
+                raise ValueError(f"{path} is `{name}`, but there is no `integrations.{name}` section")
+        return self
 
     @field_validator("roles")
     @classmethod

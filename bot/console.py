@@ -27,7 +27,7 @@ from rich.text import Text
 from bot import rendering
 from bot import views as v
 from bot.config import Config
-from bot.context import Services
+from bot.context import Quoted, Services
 from bot.outbox import Payload
 from bot.ports import Person
 from bot.router import Click, Invocation, Router, Submission, SubmitErrors
@@ -239,6 +239,9 @@ class ConsoleSurface:
 
     async def open_modal(self, trigger_id: str | None, modal: v.Modal, *, user: str, channel: str) -> None:
         self.pending.append((modal, user, channel))
+
+    async def quote(self, channel: str, ts: str) -> Quoted | None:
+        return None  # the console keeps no history of what people typed
 
 
 HELP = """Console commands:

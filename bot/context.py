@@ -46,10 +46,25 @@ if TYPE_CHECKING:
     from bot.router import Router
 
 
+@dataclass(frozen=True)
+class Quoted:
+    """A message someone wrote, read back from the chat (for a reaction that files it)."""
+
+    text: str
+    author: str | None
+    link: str | None
+    channel_name: str | None = None  # "team-api", to find the service whose channel it is
+
+
 class Surface(Protocol):
-    """Interaction a transport offers beyond messages: modals (Slack views.open, console prompts)."""
+    """Interaction a transport offers beyond messages: modals (Slack views.open, console prompts), and
+    reading a message back."""
 
     async def open_modal(self, trigger_id: str | None, modal: v.Modal, *, user: str, channel: str) -> None: ...
+
+    async def quote(self, channel: str, ts: str) -> Quoted | None:
+        """The message at `ts` with its permalink; None when it can't be read (gone, no access)."""
+        ...
 
 
 @dataclass
@@ -159,6 +174,42 @@ class Services:
             )
         return t
 
+    def service_of_channel(self, *names: str | None) -> str | None:
+        """The service whose `channel` is one of `names` (an id, or a name with or without #)."""
+        wanted = {n for n in names if n} | {f"#{n}" for n in names if n and not n.startswith("#")}
+        for name, svc in self.config.services.items():
+            if svc.channel and svc.channel in wanted:
+                return name
+        return None
+
+    def tracker_of(self, service: str | None) -> Tracker:
+        """The tracker a service files its items in (`services.X.tracker`), else the default."""
+        svc = self.config.services.get(service) if service else None
+        return self.tracker(svc.tracker if svc else None)
+
+    def tracker_for(self, key: str) -> Tracker:
+        """The tracker an item key belongs to, told by its shape: the built-in prefix (OPS-12), the
+        Jira project (ABC-12), a Trello short link (8 letters and digits), an Asana gid (long
+        number). A bare number, or a shape two trackers share, goes to the default tracker."""
+        default = self.config.plan.tracker
+        i = self.config.integrations
+        owners: list[str] = []
+        prefix, dash, number = key.partition("-")
+        if dash and number.isdigit():
+            if prefix == self.config.plan.prefix:
+                owners.append("local")
+            if i.jira is not None and prefix == i.jira.project.upper():
+                owners.append("jira")
+            if not owners and i.jira is not None:
+                owners.append("jira")  # another Jira project the same site may hold
+        elif key.isdigit():
+            if len(key) >= 10 and i.asana is not None:
+                owners.append("asana")
+        elif len(key) == 8 and key.isalnum() and i.trello is not None:
+            owners.append("trello")
+        name = owners[0] if len(owners) == 1 else default
+        return self.tracker(name)
+
 
 @dataclass
 class Ctx:
@@ -222,6 +273,11 @@ class Ctx:
     def tracker(self, name: str | None = None) -> Tracker:
         """The tracker to use (see Services.tracker)."""
         return self.services.tracker(name)
+
+    async def authorize(self, key: str) -> None:
+        """Raise NotAllowed (with the reason) unless the actor may do `key`; for handlers that decide
+        what they do only after reading the event (a reaction may file feedback or a ticket)."""
+        await self.router.authorize(self.actor, key)
 
     async def post(
         self,

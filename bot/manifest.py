@@ -10,17 +10,20 @@ from bot.slack import SLASH_COMMAND
 
 BOT_SCOPES = [
     "app_mentions:read",  # @opsloop mentions
-    "channels:history",  # find a message by its metadata after a crash (never post twice)
+    "channels:history",  # find a message by its metadata after a crash; read a message reacted to
+    "channels:read",  # the name of a channel a reaction came from, to find its service
     "chat:write",
     "chat:write.public",  # post cards to public channels without being invited first
     "commands",  # /ops and the message shortcut
     "files:write",  # long logs and charts as files
     "groups:history",
     "im:history",
+    "reactions:read",  # a configured reaction files a message as feedback or a ticket
     "usergroups:read",  # roles given to user groups
     "users:read",  # names, bots and guests for policy decisions
 ]
-BOT_EVENTS = ["app_home_opened", "app_mention", "message.im"]
+# message.channels: an item key pasted in a channel gets a small card; reaction_added: reactions file feedback.
+BOT_EVENTS = ["app_home_opened", "app_mention", "message.channels", "message.im", "reaction_added"]
 
 
 def manifest(groups: Sequence[CommandGroup] | None = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from bot.audit import AuditEntry, Outcome
 from bot.context import Ctx, Services, Surface
 from bot.errors import NotAllowed, UsageError, UserError
 from bot.jobs import JobKind
+from bot.ports import AdapterError
 from bot.rendering import base_action
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,20 @@ class ShortcutCall:
 
 
 @dataclass(frozen=True)
+class ChatEvent:
+    """Something people did in a channel without addressing opsloop: a reaction, a message."""
+
+    kind: str  # "reaction" | "message"
+    actor: str
+    channel: str
+    message_ts: str
+    text: str = ""  # message: what was written
+    reaction: str = ""  # reaction: the emoji name, without colons
+    thread_ts: str | None = None  # message: the thread it was written in
+    author: str | None = None  # reaction: who wrote the message reacted to
+
+
+@dataclass(frozen=True)
 class HookResult:
     status: int
     text: str
@@ -132,6 +147,20 @@ class HookSpec:
     handler: Callable[[Services, Any], Awaitable[HookResult]]
 
 
+class Handled:
+    """What an event handler returns when it acted and has nothing to tell the actor."""
+
+
+HANDLED = Handled()
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    id: str
+    kind: str
+    handler: Callable[[Ctx, ChatEvent], Awaitable[v.Reply | Handled | None]]
+
+
 HomeFn = Callable[[Ctx], Awaitable[Sequence[v.Block]]]
 
 
@@ -147,6 +176,7 @@ class CommandGroup:
     shortcuts: list[ShortcutSpec] = field(default_factory=list)
     homes: list[tuple[int, HomeFn]] = field(default_factory=list)
     hooks: list[HookSpec] = field(default_factory=list)
+    events: list[EventSpec] = field(default_factory=list)
     periodics: list[tuple[float, Callable[[Services], Awaitable[Any]]]] = field(default_factory=list)
     jobs: list[tuple[str, Callable[..., Awaitable[None]], bool, float]] = field(default_factory=list)
     approval_kinds: list[
@@ -210,6 +240,17 @@ class CommandGroup:
 
         def deco(fn: HomeFn) -> HomeFn:
             self.homes.append((order, fn))
+            return fn
+
+        return deco
+
+    def event(self, id: str, kind: str) -> Callable[[Any], Any]:
+        """Listen for a channel event (`reaction`, `message`): `async def fn(ctx, event)` returns None
+        when the event is not for it (nothing is audited), HANDLED when it acted, or a reply for the
+        person who acted. The handler checks the permission of what it decides to do (`ctx.authorize`)."""
+
+        def deco(fn: Any) -> Any:
+            self.events.append(EventSpec(id, kind, fn))
             return fn
 
         return deco
@@ -285,6 +326,9 @@ class Router:
         self.hooks = self._unique(
             {h.source: h for g in groups for h in g.hooks}, [h.source for g in groups for h in g.hooks], "hook"
         )
+        self.events: dict[str, list[EventSpec]] = {}
+        for e in (e for g in groups for e in g.events):
+            self.events.setdefault(e.kind, []).append(e)
         self.homes = sorted((h for g in groups for h in g.homes), key=lambda x: x[0])
         self.periodics = [p for g in groups for p in g.periodics]
         for g in groups:
@@ -318,7 +362,7 @@ class Router:
     def _ctx(self, surface: Surface, actor: str, channel: str, **kw: Any) -> Ctx:
         return Ctx(actor=actor, channel=channel, services=self.services, surface=surface, router=self, **kw)
 
-    async def _authorize(self, actor: str, key: str) -> None:
+    async def authorize(self, actor: str, key: str) -> None:
         """The one permission check of commands, clicks, submits and shortcuts."""
         decision = await self.services.policy.check(actor, key)
         if not decision.allowed:
@@ -361,6 +405,11 @@ class Router:
         elif isinstance(err, UserError):
             outcome, reason = Outcome.ERROR, str(err)
             reply = error_reply(err)
+        elif isinstance(err, AdapterError):
+            # A tool said no or is down: its message names the tool and what to fix; not our bug.
+            log.info("%s by %s: %s", action, actor, err)
+            outcome, reason = Outcome.ERROR, str(err)
+            reply = v.Reply(v.Message(str(err)[:3000], (v.Section(f":warning: {v.esc(str(err))}"),)))
         else:
             error_id = secrets.token_hex(3)
             log.error("%s by %s failed (error %s)", action, actor, error_id, exc_info=err)
@@ -393,7 +442,7 @@ class Router:
         try:
             parsed = self.grammar.parse(text)
             action = parsed.command.id
-            await self._authorize(inv.actor, action)
+            await self.authorize(inv.actor, action)
             args = await self._resolve(parsed.args)
             ctx = self._ctx(
                 surface,
@@ -434,7 +483,7 @@ class Router:
                     value = spec.value.model_validate_json(click.value or "{}")
                 except ValidationError:
                     raise UserError("This button's data is not valid any more; run the command again.") from None
-            await self._authorize(click.actor, spec.policy)
+            await self.authorize(click.actor, spec.policy)
             ctx = self._ctx(
                 surface,
                 click.actor,
@@ -466,7 +515,7 @@ class Router:
                     meta = spec.metadata.model_validate_json(sub.metadata or "{}")
                 except ValidationError:
                     raise UserError("This form's data is not valid any more; open it again.") from None
-            await self._authorize(sub.actor, spec.policy)
+            await self.authorize(sub.actor, spec.policy)
             ctx = self._ctx(surface, sub.actor, channel, source="submit")
             reply = await spec.handler(ctx, dict(sub.values), meta)
         except SubmitErrors as e:
@@ -485,7 +534,7 @@ class Router:
             spec = self.shortcuts.get(call.callback)
             if spec is None:
                 raise UserError("opsloop has no such shortcut any more.")
-            await self._authorize(call.actor, spec.policy)
+            await self.authorize(call.actor, spec.policy)
             ctx = self._ctx(
                 surface,
                 call.actor,
@@ -499,6 +548,24 @@ class Router:
         except Exception as e:  # reported and audited below
             err = e
         return await self._finish(call.actor, call.channel, f"shortcut:{call.callback}", call.message_ts, started, err)
+
+    async def event(self, ev: ChatEvent, surface: Surface) -> v.Reply | None:
+        """Offer a channel event to the stages listening for its kind; the first that takes it answers
+        (for `ev.actor` only). Events nobody takes leave no trace."""
+        for spec in self.events.get(ev.kind, ()):
+            started = time.perf_counter()
+            err: BaseException | None = None
+            result: v.Reply | Handled | None = None
+            try:
+                ctx = self._ctx(surface, ev.actor, ev.channel, message_ts=ev.message_ts, source=ev.kind)
+                result = await spec.handler(ctx, ev)
+            except Exception as e:  # reported and audited below
+                err = e
+            if result is None and err is None:
+                continue
+            failure = await self._finish(ev.actor, ev.channel, f"event:{spec.id}", ev.message_ts, started, err)
+            return failure or (result if isinstance(result, v.Reply) else None)
+        return None
 
     async def home(self, user: str, surface: Surface) -> v.HomeView:
         """The App Home tab of `user`, from every stage's contribution."""

@@ -31,11 +31,11 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import rendering
 from bot import views as v
-from bot.context import Services
+from bot.context import Quoted, Services
 from bot.metrics import Metrics
 from bot.outbox import MARKER_EVENT, DeliveryError, Payload
 from bot.ports import AdapterError, AdapterNotFound, AdapterUnavailable, Person
-from bot.router import Click, Invocation, Router, ShortcutCall, Submission, SubmitErrors
+from bot.router import ChatEvent, Click, Invocation, Router, ShortcutCall, Submission, SubmitErrors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -271,10 +271,28 @@ class SlackDirectory:
 
 
 class SlackSurface:
-    """Modals through views.open."""
+    """Modals through views.open; messages read back with conversations.replies."""
 
     def __init__(self, client: AsyncWebClient) -> None:
         self.client = client
+
+    async def quote(self, channel: str, ts: str) -> Quoted | None:
+        # conversations.replies finds a message by its ts whether it is top level or in a thread.
+        try:
+            res = await self.client.conversations_replies(
+                channel=channel, ts=ts, oldest=ts, latest=ts, inclusive=True, limit=1
+            )
+            found = [m for m in res.get("messages") or [] if m.get("ts") == ts]
+            if not found:
+                return None
+            link = await self.client.chat_getPermalink(channel=channel, message_ts=ts)
+            info = await self.client.conversations_info(channel=channel)
+        except SlackApiError as err:
+            log.info("could not read message %s in %s: %s", ts, channel, err.response.get("error"))
+            return None
+        msg = found[0]
+        name = (info.get("channel") or {}).get("name")
+        return Quoted(str(msg.get("text") or ""), msg.get("user"), link.get("permalink"), name)
 
     async def open_modal(self, trigger_id: str | None, modal: v.Modal, *, user: str, channel: str) -> None:
         if not trigger_id:
@@ -509,9 +527,48 @@ class SlackFrontend:
                 await self.publish_home(str(event.get("user", "")))
 
         @app.event("message")
-        async def on_message() -> None:
-            # Subscribed for DMs with the app; commands come through /ops and mentions.
-            return None
+        async def on_message(event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
+            # DMs with the app are only subscribed for the Messages tab; channel messages are offered
+            # to the stages (an item key pasted in a channel). Edits, joins and bots are not people
+            # talking, and a message that mentions opsloop is answered as a command (app_mention).
+            if event.get("channel_type") == "im" or event.get("subtype") not in (None, "thread_broadcast"):
+                return
+            if event.get("bot_id") or not self.router.events.get("message"):
+                return
+            me = getattr(context, "bot_user_id", None)
+            if me and f"<@{me}>" in str(event.get("text", "")):
+                return
+            ev = ChatEvent(
+                kind="message",
+                actor=str(event.get("user", "")),
+                channel=str(event.get("channel", "")),
+                message_ts=str(event.get("ts", "")),
+                text=str(event.get("text", "")),
+                thread_ts=event.get("thread_ts"),
+            )
+            self._spawn(channel_event(ev, body))
+
+        @app.event("reaction_added")
+        async def on_reaction(event: dict[str, Any], body: dict[str, Any]) -> None:
+            item = event.get("item") or {}
+            if item.get("type") != "message":
+                return
+            ev = ChatEvent(
+                kind="reaction",
+                actor=str(event.get("user", "")),
+                channel=str(item.get("channel", "")),
+                message_ts=str(item.get("ts", "")),
+                reaction=str(event.get("reaction", "")),
+                author=event.get("item_user"),
+            )
+            self._spawn(channel_event(ev, body))
+
+        async def channel_event(ev: ChatEvent, body: dict[str, Any]) -> None:
+            if not await self._first_delivery(body):
+                return
+            reply = await self.router.event(ev, self.surface)
+            if reply is not None:
+                await self.services.outbox.ephemeral(ev.channel, ev.actor, rendering.message(reply.message))
 
     async def _first_delivery(self, body: Mapping[str, Any]) -> bool:
         """False for a retry of an event already taken (Slack retries events it thinks we missed)."""

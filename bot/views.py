@@ -7,6 +7,7 @@ common ground of both surfaces. Nothing here knows a length limit: rendering tru
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 
@@ -149,6 +150,15 @@ class HomeView:
 def esc(text: str) -> str:
     """Escape user-supplied text for mrkdwn, so `<!channel>` or `<@U1>` typed by someone stays text."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_SLACK_ID = re.compile(r"^[UWB][A-Z0-9]{2,}$")
+
+
+def person(who: str) -> str:
+    """A mention when `who` is a Slack user id; otherwise the name a tracker gave, as plain text
+    (someone nobody mapped to a Slack user)."""
+    return f"<@{who}>" if _SLACK_ID.match(who) else esc(who)
 
 
 def unesc(text: str) -> str:

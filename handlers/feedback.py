@@ -14,8 +14,8 @@ from bot.cards import card_key as plan_card_key
 from bot.clock import iso
 from bot.context import Ctx
 from bot.errors import Conflict, NotFound
-from bot.ports import NewItem
-from bot.router import CommandGroup, ShortcutCall, SubmitErrors
+from bot.ports import NewItem, Tracker
+from bot.router import HANDLED, ChatEvent, CommandGroup, Handled, ShortcutCall, SubmitErrors
 
 group = CommandGroup("feedback", "Collect feedback from chat and turn it into work.")
 
@@ -31,6 +31,9 @@ class Feedback:
     source: str
     created_at: float
     plan_key: str | None
+    message_ts: str | None = None
+    release_id: int | None = None
+    rating: str | None = None
 
 
 class FeedbackRef(BaseModel):
@@ -47,7 +50,18 @@ class ShortcutMeta(BaseModel):
 
 
 def _fb(r: dict[str, Any]) -> Feedback:
-    return Feedback(r["id"], r["text"], r["author"], r["channel"], r["source"], r["created_at"], r["plan_key"])
+    return Feedback(
+        r["id"],
+        r["text"],
+        r["author"],
+        r["channel"],
+        r["source"],
+        r["created_at"],
+        r["plan_key"],
+        r.get("message_ts"),
+        r.get("release_id"),
+        r.get("rating"),
+    )
 
 
 def _rows(db: Any, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -77,24 +91,44 @@ def card(fb: Feedback) -> v.Message:
 
 
 async def record(
-    ctx: Ctx, text: str, source: str, *, author: str | None = None, message_ts: str | None = None
+    ctx: Ctx, text: str, source: str, *, author: str | None = None, message_ts: str | None = None, once: bool = False
 ) -> Feedback:
-    """Store one piece of feedback (secrets redacted) and post its card to the feedback channel."""
+    """Store one piece of feedback (secrets redacted) and post its card to the feedback channel.
+
+    With `once`, a message already filed from the same source is returned as it is (two people
+    reacting at the same moment file it once)."""
+    fb, _ = await _record(ctx, text, source, author=author, message_ts=message_ts, once=once)
+    return fb
+
+
+async def _record(
+    ctx: Ctx, text: str, source: str, *, author: str | None, message_ts: str | None, once: bool
+) -> tuple[Feedback, bool]:
     clean = ctx.redactor.text(text.strip())[:MAX_TEXT]
     now = ctx.clock.now()
     who = author or ctx.actor
 
-    def tx(db: Any) -> dict[str, Any]:
+    def tx(db: Any) -> tuple[dict[str, Any], bool]:
+        if once:
+            seen = _rows(
+                db,
+                "SELECT * FROM feedback WHERE channel = ? AND message_ts = ? AND source = ?",
+                (ctx.channel, message_ts, source),
+            )
+            if seen:
+                return seen[0], False
         cur = db.execute(
             "INSERT INTO feedback (text, author, channel, message_ts, source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (clean, who, ctx.channel, message_ts, source, now),
         )
-        return _rows(db, "SELECT * FROM feedback WHERE id = ?", (cur.lastrowid,))[0]
+        return _rows(db, "SELECT * FROM feedback WHERE id = ?", (cur.lastrowid,))[0], True
 
-    fb = _fb(await ctx.store.write(tx))
-    channel = ctx.config.channels.feedback or ctx.config.channels.default
-    await ctx.post(card(fb), channel=channel, key=card_key(fb), dedupe=f"post:{card_key(fb)}")
-    return fb
+    row, created = await ctx.store.write(tx)
+    fb = _fb(row)
+    if created:
+        channel = ctx.config.channels.feedback or ctx.config.channels.default
+        await ctx.post(card(fb), channel=channel, key=card_key(fb), dedupe=f"post:{card_key(fb)}")
+    return fb, created
 
 
 @group.command(
@@ -106,6 +140,20 @@ async def send(ctx: Ctx, text: str) -> v.Reply:
     return v.Reply.text(f"Thanks! Recorded as feedback #{fb.id}.")
 
 
+def _listing(title: str, found: list[Feedback]) -> v.Reply:
+    blocks: list[v.Block] = [v.Header(f"{title} ({len(found)})")]
+    for fb in found:
+        button = (
+            None
+            if fb.plan_key
+            else v.Button("Make it a plan item", "feedback.promote", FeedbackRef(id=fb.id).model_dump_json())
+        )
+        status = f" → *{fb.plan_key}*" if fb.plan_key else ""
+        about = f" _(release #{fb.release_id}: {fb.rating})_" if fb.release_id and fb.rating else ""
+        blocks.append(v.Section(f"*#{fb.id}* <@{fb.author}>{status}{about}: {v.esc(fb.text[:300])}", button=button))
+    return v.Reply(v.Message(f"{len(found)} feedback items", tuple(blocks)))
+
+
 @group.command("feedback list", c.number("n", optional=True, default=10, max=50))
 async def list_(ctx: Ctx, n: int) -> v.Reply:
     """The most recent feedback (10 unless you say how many)."""
@@ -115,20 +163,32 @@ async def list_(ctx: Ctx, n: int) -> v.Reply:
     ]
     if not found:
         return v.Reply.text('No feedback yet. `feedback "text"` sends some.')
-    blocks: list[v.Block] = [v.Header(f"Recent feedback ({len(found)})")]
-    for fb in found:
-        button = (
-            None
-            if fb.plan_key
-            else v.Button("Make it a plan item", "feedback.promote", FeedbackRef(id=fb.id).model_dump_json())
+    return _listing("Recent feedback", found)
+
+
+@group.command("feedback search", c.text("words"), examples=('feedback search "deploy card"', "feedback search slow"))
+async def search(ctx: Ctx, words: str) -> v.Reply:
+    """Feedback whose text has all the words (newest first, at most 20)."""
+    terms = [w for w in words.lower().split() if w][:8]
+    if not terms:
+        return v.Reply.text("Give me a word to look for.")
+    # LIKE with escaped wildcards: the words are data, never SQL.
+    where = " AND ".join(["lower(text) LIKE ? ESCAPE '\\'"] * len(terms))
+    params = tuple("%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for t in terms)
+    found = [
+        _fb(r)
+        for r in await ctx.store.read(
+            lambda db: _rows(db, f"SELECT * FROM feedback WHERE {where} ORDER BY id DESC LIMIT 20", params)
         )
-        status = f" → *{fb.plan_key}*" if fb.plan_key else ""
-        blocks.append(v.Section(f"*#{fb.id}* <@{fb.author}>{status}: {v.esc(fb.text[:300])}", button=button))
-    return v.Reply(v.Message(f"{len(found)} feedback items", tuple(blocks)))
+    ]
+    if not found:
+        return v.Reply.text(f"No feedback mentions {v.esc(' '.join(terms))}.")
+    return _listing(f"Feedback about {v.esc(' '.join(terms))}", found)
 
 
-async def promote_to_plan(ctx: Ctx, feedback_id: int) -> str:
-    """Turn feedback into a plan item once; return the item key."""
+async def promote_to_plan(ctx: Ctx, feedback_id: int, tracker: Tracker | None = None) -> str:
+    """Turn feedback into a plan item once (in `tracker`, else the default one); return the item key."""
+    tracker = tracker or ctx.tracker()
     found = await ctx.store.read(lambda db: _rows(db, "SELECT * FROM feedback WHERE id = ?", (feedback_id,)))
     if not found:
         raise NotFound(f"There is no feedback #{feedback_id}.")
@@ -137,7 +197,7 @@ async def promote_to_plan(ctx: Ctx, feedback_id: int) -> str:
         raise Conflict(f"Feedback #{fb.id} is already plan item {fb.plan_key}.")
     first_line = (fb.text.strip().splitlines() or ["Feedback"])[0]
     title = first_line if len(first_line) <= 80 else first_line[:79] + "…"
-    item = await ctx.tracker().create(
+    item = await tracker.create(
         NewItem(
             title=title,
             reporter=ctx.actor,
@@ -152,12 +212,71 @@ async def promote_to_plan(ctx: Ctx, feedback_id: int) -> str:
         )
 
     if await ctx.store.write(tx) != 1:
-        await ctx.tracker().close(item.key, ctx.actor)
+        await tracker.close(item.key, ctx.actor)
         raise Conflict(f"Feedback #{fb.id} was promoted by someone else a moment ago.")
     await ctx.post(plan_card(item), key=plan_card_key(item), dedupe=f"post:{plan_card_key(item)}")
     promoted = Feedback(fb.id, fb.text, fb.author, fb.channel, fb.source, fb.created_at, item.key)
     await ctx.update(card_key(promoted), card(promoted))
     return item.key
+
+
+@group.command(
+    "feedback promote",
+    c.number("id", max=10**9),
+    c.choice("tracker", ("local", "jira", "trello", "asana"), default=""),
+    examples=("feedback promote 12", "feedback promote 12 jira"),
+)
+async def promote_command(ctx: Ctx, id: int, tracker: str) -> v.Reply:
+    """Make a plan item from feedback #ID, in the default tracker or the one named."""
+    await ctx.authorize("plan.new")
+    key = await promote_to_plan(ctx, id, ctx.tracker(tracker or None))
+    return v.Reply.text(f"Feedback #{id} is now plan item *{key}*.")
+
+
+@group.event("feedback.reaction", "reaction")
+async def on_reaction(ctx: Ctx, ev: ChatEvent) -> v.Reply | Handled | None:
+    """A configured reaction (`feedback.reactions`) files the message as feedback, or as a ticket in
+    the tracker of the channel's service; once per message, with a link back to it."""
+    what = ctx.config.feedback.reactions.get(ev.reaction)
+    if what is None:
+        return None
+    await ctx.authorize("feedback.send" if what == "feedback" else "plan.new")
+    quoted = await ctx.surface.quote(ev.channel, ev.message_ts)
+    if quoted is None:
+        return v.Reply.text(
+            f"I couldn't read the message you reacted to with :{ev.reaction}: (invite me to the channel?), "
+            "so nothing was filed."
+        )
+    text = quoted.text.strip() or "(a message without text)"
+    if quoted.link:
+        text += f"\n\n{quoted.link}"
+    fb, created = await _record(
+        ctx, text, f"reaction:{what}", author=quoted.author or ev.author, message_ts=ev.message_ts, once=True
+    )
+    if what == "feedback":
+        if not created:
+            return None  # someone filed it already; a second reaction is just agreement
+        await ctx.post(
+            v.Reply.text(f"Filed as feedback #{fb.id} by <@{ctx.actor}>.").message,
+            channel=ev.channel,
+            thread_ts=ev.message_ts,
+            dedupe=f"reaction.filed:{fb.id}",
+        )
+        return HANDLED
+    if fb.plan_key:
+        return None
+    service = ctx.services.service_of_channel(ev.channel, quoted.channel_name)
+    try:
+        key = await promote_to_plan(ctx, fb.id, ctx.services.tracker_of(service))
+    except Conflict:
+        return None  # promoted by a simultaneous reaction
+    await ctx.post(
+        v.Reply.text(f"Filed as plan item *{key}* by <@{ctx.actor}>.").message,
+        channel=ev.channel,
+        thread_ts=ev.message_ts,
+        dedupe=f"reaction.ticket:{fb.id}",
+    )
+    return HANDLED
 
 
 @group.action("feedback.promote", value=FeedbackRef, policy="plan.new")

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 
 from bot import commands as c
 from bot import views as v
 from bot.approvals import Subject
-from bot.cards import ItemRef, card, card_key
+from bot.cards import ItemRef, card, card_key, compact
 from bot.context import Ctx, Services
-from bot.errors import Conflict, NotFound
+from bot.errors import Conflict, NotConfigured, NotFound
 from bot.jobs import JobCtx
-from bot.ports import AdapterNotFound, ItemStatus, ListFilter, NewItem, PlanItem, Tracker
-from bot.router import CommandGroup
+from bot.ports import AdapterError, AdapterNotFound, ItemStatus, ListFilter, NewItem, PlanItem, Tracker
+from bot.router import ChatEvent, CommandGroup
+
+log = logging.getLogger(__name__)
+
+TRACKERS = ("local", "jira", "trello", "asana")
+UNFURL_MAX = 3  # keys answered per message: a pasted list is not a request for a dozen cards
+# A link as Slack writes it (<url> or <url|label>), or a KEY-12 word: in the order they appear.
+_MENTIONED = re.compile(r"<(https?://[^>|\s]+)(?:\|[^>]*)?>|(?<![\w/.-])([A-Z][A-Z0-9_]{0,9}-\d{1,9})(?![\w-])")
 
 group = CommandGroup("plan", "Track work: create, assign and close plan items.")
 
@@ -26,7 +35,8 @@ async def _get(tracker: Tracker, key: str) -> PlanItem:
 
 async def fingerprint(services: Services, subject: str) -> str:
     """What an approval of closing an item is bound to: its title, status and criticality."""
-    item = await _get(services.tracker(), subject.removeprefix("plan:"))
+    key = subject.removeprefix("plan:")
+    item = await _get(services.tracker_for(key), key)
     facts = f"{item.key}|{item.title}|{item.status}|{item.critical}"
     return hashlib.sha256(facts.encode()).hexdigest()[:16]
 
@@ -36,7 +46,7 @@ async def close_job(services: Services, jctx: JobCtx) -> None:
     """Close an item once its approval is complete, then update both cards."""
     key = jctx.job.key.removeprefix("plan:")
     by = str(jctx.job.payload.get("by") or jctx.job.requester or "opsloop")
-    item = await services.tracker().close(key, by)
+    item = await services.tracker_for(key).close(key, by)
     await services.update(card_key(item), card(item))
     approval_id = str(jctx.job.payload.get("approval", ""))
     if approval_id:
@@ -56,29 +66,36 @@ group.approval("plan.done", job="plan.close", fingerprint=fingerprint)
     "plan new",
     c.text("title"),
     c.mention("who", optional=True),
+    c.choice("tracker", TRACKERS, default=""),
     c.flag("critical"),
-    examples=('plan new "Fix login" @alice', 'plan new "Rotate certs" critical'),
+    examples=('plan new "Fix login" @alice', 'plan new "Rotate certs" critical', 'plan new "Flaky checkout" jira'),
 )
-async def new(ctx: Ctx, title: str, who: str | None, critical: bool) -> v.Reply:
+async def new(ctx: Ctx, title: str, who: str | None, tracker: str, critical: bool) -> v.Reply:
     """Create a plan item and post its card here.
 
-    `critical` items need an approval before they can be closed."""
-    item = await ctx.tracker().create(NewItem(title=title, reporter=ctx.actor, assignee=who, critical=critical))
+    `critical` items need an approval before they can be closed. Without a tracker name the item
+    goes to the default tracker (`plan.tracker`)."""
+    item = await ctx.tracker(tracker or None).create(
+        NewItem(title=title, reporter=ctx.actor, assignee=who, critical=critical)
+    )
     await ctx.post(card(item), key=card_key(item), dedupe=f"post:{card_key(item)}")
     return v.Reply.text(f"Created *{item.key}*: {v.esc(item.title)}")
 
 
 @group.command(
-    "plan list", c.choice("which", ("open", "mine", "all"), default="open"), examples=("plan list", "plan list mine")
+    "plan list",
+    c.choice("which", ("open", "mine", "all"), default="open"),
+    c.choice("tracker", TRACKERS, default=""),
+    examples=("plan list", "plan list mine", "plan list open trello"),
 )
-async def list_(ctx: Ctx, which: str) -> v.Reply:
-    """List plan items: open (default), mine, or all."""
-    items = await ctx.tracker().list(ListFilter(which), ctx.actor, limit=20)
+async def list_(ctx: Ctx, which: str, tracker: str) -> v.Reply:
+    """List plan items: open (default), mine, or all; of the default tracker or the one named."""
+    items = await ctx.tracker(tracker or None).list(ListFilter(which), ctx.actor, limit=20)
     if not items:
         return v.Reply.text(f'No {which} plan items. Create one with `plan new "title"`.')
     blocks: list[v.Block] = [v.Header(f"Plan items ({which})")]
     for it in items:
-        who = f"<@{it.assignee}>" if it.assignee else "_unassigned_"
+        who = v.person(it.assignee) if it.assignee else "_unassigned_"
         mark = "✅ " if it.status is ItemStatus.DONE else ("❗ " if it.critical else "")
         button = None
         if it.status is ItemStatus.OPEN and it.assignee is None:
@@ -90,11 +107,11 @@ async def list_(ctx: Ctx, which: str) -> v.Reply:
 @group.command("plan show", c.key())
 async def show(ctx: Ctx, key: str) -> v.Reply:
     """Show one item with its buttons."""
-    return v.Reply(card(await _get(ctx.tracker(), key)))
+    return v.Reply(card(await _get(ctx.services.tracker_for(key), key)))
 
 
 async def _assign(ctx: Ctx, key: str, who: str) -> PlanItem:
-    tracker = ctx.tracker()
+    tracker = ctx.services.tracker_for(key)
     item = await _get(tracker, key)
     if item.status is ItemStatus.DONE:
         raise Conflict(f"{item.key} is already done.")
@@ -111,7 +128,7 @@ async def assign(ctx: Ctx, key: str, who: str) -> v.Reply:
 
 
 async def _done(ctx: Ctx, key: str) -> v.Reply:
-    tracker = ctx.tracker()
+    tracker = ctx.services.tracker_for(key)
     item = await _get(tracker, key)
     if item.status is ItemStatus.DONE:
         raise Conflict(f"{item.key} is already done.")
@@ -167,7 +184,7 @@ async def home(ctx: Ctx) -> list[v.Block]:
     mine = [i for i in items if i.assignee == ctx.actor]
     rest = [i for i in items if i.assignee != ctx.actor]
     for it in [*mine, *rest]:
-        who = "you" if it.assignee == ctx.actor else (f"<@{it.assignee}>" if it.assignee else "_unassigned_")
+        who = "you" if it.assignee == ctx.actor else (v.person(it.assignee) if it.assignee else "_unassigned_")
         blocks.append(
             v.Section(
                 f"*{it.key}* {v.esc(it.title)} — {who}",
@@ -175,3 +192,44 @@ async def home(ctx: Ctx) -> list[v.Block]:
             )
         )
     return blocks
+
+
+def keys_mentioned(services: Services, text: str) -> list[str]:
+    """Item keys of configured trackers in a message: links to items, and KEY-12 words with the
+    built-in prefix or the Jira project (other ABC-12 words are too often something else)."""
+    ours = {services.config.plan.prefix}
+    jira = services.config.integrations.jira
+    if jira is not None:
+        ours.add(jira.project.upper())
+    found: list[str] = []
+    for m in _MENTIONED.finditer(text):
+        link, word = m.group(1), m.group(2)
+        key = c.key_of_link(link) if link else (word if word.partition("-")[0] in ours else None)
+        if key and key not in found:
+            found.append(key)
+    return found[:UNFURL_MAX]
+
+
+@group.event("plan.unfurl", "message")
+async def unfurl(ctx: Ctx, ev: ChatEvent) -> None:
+    """An item key or link pasted in a channel is answered in its thread with a small card."""
+    if not ctx.config.plan.unfurl:
+        return None
+    keys = keys_mentioned(ctx.services, ev.text)
+    if not keys or not (await ctx.policy.check(ev.actor, "plan.show")).allowed:
+        return None  # nobody asked, so a refusal would only be noise
+    for key in keys:
+        try:
+            item = await ctx.services.tracker_for(key).get(key)
+        except (AdapterNotFound, NotConfigured):
+            continue
+        except AdapterError as err:  # the tracker is down: the message was not a request to us
+            log.info("unfurl of %s skipped: %s", key, err)
+            continue
+        await ctx.post(
+            compact(item),
+            channel=ev.channel,
+            thread_ts=ev.thread_ts or ev.message_ts,
+            dedupe=f"unfurl:{ev.channel}:{ev.message_ts}:{item.key}",
+        )
+    return None

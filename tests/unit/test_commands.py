@@ -41,7 +41,7 @@ def test_plan_new_binds_title_mention_and_flag_anywhere() -> None:
     assert p.args["who"] == c.Mention("U0BOB", "bob")
     assert p.args["critical"] is True
     p = GRAMMAR.parse("plan new critical Fix the login page @bob")
-    assert p.args == {"title": "Fix the login page", "who": c.Mention(None, "bob"), "critical": True}
+    assert p.args == {"title": "Fix the login page", "who": c.Mention(None, "bob"), "tracker": "", "critical": True}
 
 
 def test_unquoted_title_stops_at_a_mention() -> None:
@@ -62,7 +62,7 @@ def test_choice_default_and_refusal() -> None:
     assert GRAMMAR.parse("plan list MINE").args["which"] == "mine"
     with pytest.raises(UsageError) as err:
         GRAMMAR.parse("plan list everything")
-    assert "Usage: `plan list [open|mine|all]`" in str(err.value)
+    assert "Usage: `plan list [open|mine|all] [local|jira|trello|asana]`" in str(err.value)
 
 
 def test_missing_and_extra_arguments_show_usage() -> None:
@@ -112,7 +112,7 @@ def test_duplicate_words_are_rejected() -> None:
 
 def test_usage_lines_are_generated_from_parameters() -> None:
     usages = {s.id: s.usage() for s in GRAMMAR.specs}
-    assert usages["plan.new"] == 'plan new "TITLE" [@who] [critical]'
+    assert usages["plan.new"] == 'plan new "TITLE" [@who] [local|jira|trello|asana] [critical]'
     assert usages["feedback.send"] == 'feedback "TEXT"'
     assert usages["insights.audit"] == "audit [N]"
 
@@ -154,3 +154,61 @@ def test_fuzz_any_text_parses_or_gives_usage(text: str) -> None:
         assert str(err)
     else:
         assert parsed.command in GRAMMAR.specs
+
+
+@pytest.mark.parametrize(
+    ("typed", "key"),
+    [
+        ("ops-12", "OPS-12"),
+        ("#7", "7"),
+        ("AbCd1234", "AbCd1234"),  # a Trello short link keeps its case
+        ("1200000000000042", "1200000000000042"),  # an Asana gid
+        ("<https://acme.atlassian.net/browse/SHOP-3>", "SHOP-3"),
+        ("<https://trello.com/c/AbCd1234/7-fix-it|the card>", "AbCd1234"),
+        ("https://app.asana.com/0/1200000000000001/1200000000000042/f", "1200000000000042"),
+    ],
+)
+def test_item_keys_of_every_tracker_and_pasted_links(typed: str, key: str) -> None:
+    assert GRAMMAR.parse(f"plan show {typed}").args["key"] == key
+
+
+@pytest.mark.parametrize("typed", ["12345678901234567890123", "abc", "OPS-", "https://example.com/x", "a-b-1"])
+def test_what_is_not_an_item_key_is_refused_with_the_usage(typed: str) -> None:
+    with pytest.raises(UsageError, match="not an item key"):
+        GRAMMAR.parse(f"plan show {typed}")
+
+
+def test_the_tracker_of_a_key_is_told_by_its_shape(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from bot.config import parse_config
+    from bot.context import Services
+    from tests.support import config_data
+
+    cfg = parse_config(
+        config_data(
+            tmp_path / "x.db",
+            plan={"prefix": "OPS", "tracker": "jira"},
+            integrations={
+                "jira": {"url": "https://j", "token_env": "J", "project": "SHOP"},
+                "trello": {"key_env": "K", "token_env": "T", "board": "b"},
+                "asana": {"token_env": "A", "workspace": "1", "project": "2"},
+            },
+        )
+    )
+    names = {n: SimpleNamespace(name=n) for n in ("local", "jira", "trello", "asana")}
+    services = Services.__new__(Services)
+    services.config, services.trackers = cfg, names  # only what tracker_for reads
+    owner = {k: services.tracker_for(k).name for k in ("OPS-1", "SHOP-2", "ABC-3", "AbCd1234", "1200000000000042", "12")}
+    assert owner == {
+        "OPS-1": "local",
+        "SHOP-2": "jira",
+        "ABC-3": "jira",  # another project of the same Jira site
+        "AbCd1234": "trello",
+        "1200000000000042": "asana",
+        "12": "jira",  # a bare number: the default tracker
+    }
+    # When the built-in prefix and the Jira project are the same, the default tracker decides.
+    jira = cfg.integrations.jira.model_copy(update={"project": "OPS"})  # type: ignore[union-attr]
+    services.config = cfg.model_copy(update={"integrations": cfg.integrations.model_copy(update={"jira": jira})})
+    assert services.tracker_for("OPS-1").name == "jira"
