@@ -22,6 +22,10 @@ Versions: a tag written `v1.2.3` or `1.2.3` finds either spelling, then a full o
 then a branch or other ref. Anything that could be read as an option, a range or a revision
 expression (`-x`, `a..b`, `x^`, `@{1}`, whitespace) is refused before git sees it; every revision
 handed to `git log` afterwards is a SHA we resolved.
+
+Paths (`authors_of`) are relative to the repository root and taken literally (`GIT_LITERAL_PATHSPECS`,
+so `*` or `:(exclude)` mean nothing special); a path that starts with `-`, `/` or `:`, has a `..`
+component or a control character is refused before git sees it, and it always follows `--`.
 """
 
 from __future__ import annotations
@@ -46,7 +50,15 @@ import git
 from git.exc import GitCommandError, GitCommandNotFound, InvalidGitRepositoryError, NoSuchPathError
 
 from bot.blocking import BlockingPool
-from bot.ports import AdapterError, AdapterNotFound, AdapterTimeout, AdapterUnavailable, Commit
+from bot.ports import (
+    AdapterError,
+    AdapterNotFound,
+    AdapterTimeout,
+    AdapterUnavailable,
+    AuthorStat,
+    Commit,
+    FileChange,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -61,7 +73,10 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]{0,199}")
 _HEX = re.compile(r"[0-9a-fA-F]{4,64}")
 # Git's own prompts would hang a pool thread waiting for a terminal nobody watches.
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
-_LOG_FORMAT = "--format=%H%x00%aN%x00%aI%x00%B"
+_LOG_FORMAT = "--format=%H%x00%P%x00%aN%x00%aI%x00%B"
+_AUTHOR_FORMAT = "--format=%aN%x00%aI"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PATH = 1024
 
 
 def bad_version(version: str) -> str | None:
@@ -77,6 +92,33 @@ def bad_version(version: str) -> str | None:
     if "//" in version or version.endswith(("/", ".", ".lock")) or "/." in version:
         return "git does not allow that name"
     return None
+
+
+def bad_path(path: str) -> str | None:
+    """Why `path` can't be handed to git as a path inside the repository, or None when it can."""
+    if not path:
+        return "it is empty"
+    if len(path) > MAX_PATH:
+        return f"it is longer than {MAX_PATH} characters"
+    if _CONTROL.search(path):
+        return "it contains a control character"
+    if path.startswith("-"):
+        return "it looks like an option"
+    if path.startswith("/"):
+        return "give it relative to the repository root, not as an absolute path"
+    if path.startswith(":"):
+        return "a leading `:` is git pathspec magic"
+    if ".." in path.split("/"):
+        return "`..` would leave the repository"
+    return None
+
+
+def clean_path(path: str) -> str:
+    """`./src/api/` -> `src/api`: the spelling git matches; "" for the repository root."""
+    while path.startswith("./"):
+        path = path[2:]
+    path = path.rstrip("/")
+    return "" if path == "." else path
 
 
 def ticket_keys(message: str) -> tuple[str, ...]:
@@ -186,6 +228,33 @@ class GitRepository:
     async def log(self, ref: str = "HEAD", limit: int = 10) -> list[Commit]:
         """The last `limit` commits of `ref`, newest first."""
         return await self._commits(await self._resolve(ref, _Call()), limit)
+
+    async def count_between(self, old: str | None, new: str) -> int:
+        """How many commits are in `new` and not in `old` (all of `new`'s history when old is None)."""
+        call = _Call()
+        new_sha = await self._resolve(new, call)
+        old_sha = await self._resolve(old, call) if old is not None else None
+        rev = f"{old_sha}..{new_sha}" if old_sha else new_sha
+        return await self._run("counting commits", self._count_sync, rev)
+
+    async def files_changed(self, old: str, new: str) -> list[FileChange]:
+        """Files changed from the common ancestor of `old` and `new` to `new` (`git diff old...new`),
+        with lines added and deleted, renames followed; in git's order (by path)."""
+        call = _Call()
+        new_sha = await self._resolve(new, call)
+        old_sha = await self._resolve(old, call)
+        return await self._run("comparing versions", self._files_sync, old_sha, new_sha)
+
+    async def authors_of(self, path: str, ref: str = "HEAD", limit: int = 500) -> list[AuthorStat]:
+        """Who changed `path` in the last `limit` non-merge commits of `ref` that touch it: commits
+        and newest author date per author, most commits first (then the most recent)."""
+        why = bad_path(path)
+        if why:
+            raise AdapterError(TOOL, f"`{_CONTROL.sub('?', path[:80])}` can't be used as a path: {why}")
+        sha = await self._resolve(ref, _Call())
+        if limit < 1:
+            return []
+        return await self._run("reading the log", self._authors_sync, sha, clean_path(path), min(limit, MAX_LIMIT))
 
     async def check(self) -> str:
         """Open (for a URL: clone or fetch) the repository and find the branch: one line, or AdapterError."""
@@ -374,8 +443,8 @@ class GitRepository:
         if fields and fields[-1].strip() == "":
             fields.pop()
         commits = []
-        for i in range(0, len(fields) - 3, 4):
-            sha, author, date, message = fields[i : i + 4]
+        for i in range(0, len(fields) - 4, 5):
+            sha, parents, author, date, message = fields[i : i + 5]
             commits.append(
                 Commit(
                     sha=sha.strip(),
@@ -383,9 +452,48 @@ class GitRepository:
                     date=datetime.fromisoformat(date).astimezone(UTC),
                     subject=_subject(message),
                     tickets=ticket_keys(message),
+                    merge=len(parents.split()) > 1,
                 )
             )
         return commits
+
+    def _count_sync(self, rev: str) -> int:
+        with self._open() as repo:
+            out: str = repo.git.rev_list("--count", rev, "--", **self._kw())
+        return int(out.strip() or 0)
+
+    def _files_sync(self, old: str, new: str) -> list[FileChange]:
+        with self._open() as repo:
+            try:
+                base = repo.git.merge_base(old, new, **self._kw()).strip() or old
+            except GitCommandError as exc:
+                if exc.status != 1:  # 1: no common ancestor; compare the two trees then
+                    raise
+                base = old
+            # Options a user's config could change are spelled out: renames on, no external diff
+            # tools or text conversion (they run programs), numbers not colours.
+            out: str = repo.git.diff(
+                "--numstat", "-z", "-M", "--no-color", "--no-ext-diff", "--no-textconv", base, new, "--", **self._kw()
+            )
+        return _parse_numstat(out)
+
+    def _authors_sync(self, sha: str, path: str, limit: int) -> list[AuthorStat]:
+        kw = self._kw()
+        kw["env"] = {**_GIT_ENV, "GIT_LITERAL_PATHSPECS": "1"}
+        spec = [path] if path else []
+        with self._open() as repo:
+            out: str = repo.git.log(f"--max-count={limit}", "--no-merges", "-z", _AUTHOR_FORMAT, sha, "--", *spec, **kw)
+        fields = out.split("\0")
+        if fields and fields[-1].strip() == "":
+            fields.pop()
+        seen: dict[str, tuple[int, datetime]] = {}
+        for i in range(0, len(fields) - 1, 2):
+            author, when = fields[i].strip("\n"), datetime.fromisoformat(fields[i + 1].strip()).astimezone(UTC)
+            n, last = seen.get(author, (0, when))
+            seen[author] = (n + 1, max(last, when))
+        stats = [AuthorStat(author=a, commits=n, last=last) for a, (n, last) in seen.items()]
+        stats.sort(key=lambda s: (-s.commits, -s.last.timestamp(), s.author))
+        return stats
 
     def _create_clone(self) -> bool:
         """Make the bare clone unless it exists; True when this call made it."""
@@ -423,6 +531,38 @@ class GitRepository:
     def _fetch_sync(self) -> None:
         with self._open() as repo:
             repo.git.fetch("--tags", "--prune", "origin", **self._kw(self._fetch_timeout))
+
+
+def _parse_numstat(out: str) -> list[FileChange]:
+    """`git diff --numstat -z` output: `added TAB deleted TAB path NUL`, or for a rename
+    `added TAB deleted TAB NUL old NUL new NUL`; `-` counts mark a binary file."""
+    tokens = out.split("\0")
+    changes: list[FileChange] = []
+    i = 0
+    while i < len(tokens):
+        head = tokens[i].lstrip("\n")
+        i += 1
+        if not head:
+            continue
+        parts = head.split("\t", 2)
+        if len(parts) != 3:
+            continue
+        added, deleted, path = parts
+        old_path: str | None = None
+        if path == "":  # a rename: the two names follow as tokens of their own
+            if i + 1 >= len(tokens):
+                break
+            old_path, path = tokens[i], tokens[i + 1]
+            i += 2
+        changes.append(
+            FileChange(
+                path=path,
+                added=int(added) if added.isdigit() else None,
+                deleted=int(deleted) if deleted.isdigit() else None,
+                old_path=old_path,
+            )
+        )
+    return changes
 
 
 def _default_cache_dir() -> Path:

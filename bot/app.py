@@ -72,13 +72,14 @@ from bot.router import CommandGroup, Router
 from bot.store import Store
 from bot.web import build_web_app
 from handlers import build as build_stage
-from handlers import core, deploy, feedback, insights, monitor, plan, test
+from handlers import code, core, deploy, feedback, insights, monitor, plan, test
 
 log = logging.getLogger(__name__)
 
 GROUPS: tuple[CommandGroup, ...] = (
     core.group,
     plan.group,
+    code.group,
     build_stage.group,
     test.group,
     deploy.group,

@@ -496,10 +496,35 @@ class Commit:
     date: datetime
     subject: str
     tickets: tuple[str, ...] = ()  # keys like ABC-123 found in the message
+    merge: bool = False  # more than one parent
 
     @property
     def short(self) -> str:
         return self.sha[:10]
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One file that differs between two versions; the line counts are None for a binary file."""
+
+    path: str
+    added: int | None
+    deleted: int | None
+    old_path: str | None = None  # where the file was before a rename
+
+    @property
+    def lines(self) -> int:
+        """Lines added plus lines deleted (0 for a binary file)."""
+        return (self.added or 0) + (self.deleted or 0)
+
+
+@dataclass(frozen=True)
+class AuthorStat:
+    """How many commits one author made to a path, and the date of the newest one."""
+
+    author: str
+    commits: int
+    last: datetime
 
 
 class Repository(Protocol):
@@ -513,7 +538,24 @@ class Repository(Protocol):
         """Commits in `new` that are not in `old` (all of `new`'s history when old is None), newest first."""
         ...
 
-    async def log(self, ref: str = "HEAD", limit: int = 10) -> list[Commit]: ...
+    async def log(self, ref: str = "HEAD", limit: int = 10) -> list[Commit]:
+        """The last `limit` commits of a branch, tag or SHA, newest first."""
+        ...
+
+    async def count_between(self, old: str | None, new: str) -> int:
+        """How many commits `commits_between(old, new)` would list without a limit."""
+        ...
+
+    async def files_changed(self, old: str, new: str) -> list[FileChange]:
+        """Files changed on the way from `old` to `new` (from their common ancestor to `new`, as
+        `git diff old...new`), with line counts; renames are followed."""
+        ...
+
+    async def authors_of(self, path: str, ref: str = "HEAD", limit: int = 500) -> list[AuthorStat]:
+        """Who changed `path` (a file or directory, relative to the repository root) in the last
+        `limit` non-merge commits of `ref` that touch it; most commits first. AdapterError for a path
+        that could be read as an option or leaves the repository."""
+        ...
 
     async def check(self) -> str: ...
 

@@ -430,3 +430,171 @@ async def test_a_tag_moved_upstream_does_not_break_fetching(
     git(origin.path, "push", "-q", "--force", "upstream", "--tags")
     assert await repo.resolve("5.0.0") == origin.shas["c4"]  # the fetch went through
     assert await repo.resolve("1.0.0") == origin.shas["c2"]  # and took the moved tag along
+
+
+# --- merges, counts, files and authors of a path ------------------------------------------------------
+
+
+def write(repo: Path, name: str, content: str | bytes) -> None:
+    path = repo / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+
+
+def commit_all(repo: Path, message: str, *, date: str, author: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message, date=date, author=author)
+    return git(repo, "rev-parse", "HEAD")
+
+
+README = "".join(f"line {i}\n" for i in range(20))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Origin:
+    """main: initial (v1.0.0) -> docs -> merge of `feature` (two commits) -> rename + binary (v1.1.0) -> bump."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    shas = {}
+    write(repo, "src/app.py", "a\nb\n")
+    write(repo, "docs/readme.md", README)
+    shas["initial"] = commit_all(repo, "Initial import SHOP-1", date="2026-04-01T10:00:00Z", author="Ann Lee")
+    git(repo, "tag", "v1.0.0")
+    git(repo, "checkout", "-q", "-b", "feature")
+    write(repo, "src/app.py", "a\nb\nc\n")
+    shas["feature"] = commit_all(repo, "Feature flag SHOP-2", date="2026-04-02T10:00:00Z", author="Bob Ng")
+    write(repo, "src/lib.py", "x\ny\n")
+    shas["lib"] = commit_all(repo, "Add lib\n\nFor SHOP-3.", date="2026-04-03T10:00:00Z", author="Bob Ng")
+    git(repo, "checkout", "-q", "main")
+    write(repo, "docs/readme.md", README + "more\n")
+    shas["docs"] = commit_all(repo, "Docs OPS-9", date="2026-04-04T10:00:00Z", author="Cy Diaz")
+    git(
+        repo,
+        "merge",
+        "-q",
+        "--no-ff",
+        "feature",
+        "-m",
+        "Merge feature (SHOP-2, SHOP-3)",
+        date="2026-04-05T10:00:00Z",
+        author="Dee Park",
+    )
+    shas["merge"] = git(repo, "rev-parse", "HEAD")
+    git(repo, "mv", "docs/readme.md", "docs/README.md")
+    write(repo, "logo.png", bytes(range(256)) * 4)
+    shas["rename"] = commit_all(repo, "Rename readme, add logo", date="2026-04-06T10:00:00Z", author="Ann Lee")
+    git(repo, "tag", "-a", "v1.1.0", "-m", "release", date="2026-04-06T11:00:00Z")
+    write(repo, "VERSION", "1.2.0-dev\n")
+    shas["bump"] = commit_all(repo, "Bump version", date="2026-04-07T10:00:00Z", author="Ann Lee")
+    return Origin(repo, shas)
+
+
+@pytest.fixture
+def proj(project: Origin, pool: CountingPool) -> GitRepository:
+    return GitRepository(pool=pool, path=project.path)
+
+
+async def test_merges_are_marked_and_their_tickets_read(proj: GitRepository, project: Origin) -> None:
+    commits = await proj.commits_between("v1.0.0", "v1.1.0")
+    s = project.shas
+    assert [c.sha for c in commits] == [s["rename"], s["merge"], s["docs"], s["lib"], s["feature"]]
+    assert [c.merge for c in commits] == [False, True, False, False, False]
+    merge = commits[1]
+    assert (merge.author, merge.subject, merge.tickets) == (
+        "Dee Park",
+        "Merge feature (SHOP-2, SHOP-3)",
+        ("SHOP-2", "SHOP-3"),
+    )
+    assert commits[3].tickets == ("SHOP-3",)  # from the body
+    assert [c.merge for c in await proj.log("main", 3)] == [False, False, True]
+
+
+async def test_count_between(proj: GitRepository) -> None:
+    assert await proj.count_between("v1.0.0", "v1.1.0") == 5
+    assert await proj.count_between("1.0.0", "main") == 6
+    assert await proj.count_between(None, "v1.1.0") == 6
+    assert await proj.count_between("main", "v1.0.0") == 0  # backwards: nothing new
+    assert await proj.count_between("feature", "main") == 4  # docs, merge, rename, bump
+    with pytest.raises(AdapterNotFound):
+        await proj.count_between("v9.9.9", "main")
+
+
+async def test_files_changed_with_renames_and_binaries(proj: GitRepository) -> None:
+    files = {f.path: f for f in await proj.files_changed("v1.0.0", "v1.1.0")}
+    assert set(files) == {"docs/README.md", "logo.png", "src/app.py", "src/lib.py"}
+    readme = files["docs/README.md"]
+    assert (readme.old_path, readme.added, readme.deleted) == ("docs/readme.md", 1, 0)
+    assert (files["logo.png"].added, files["logo.png"].deleted, files["logo.png"].lines) == (None, None, 0)
+    assert (files["src/app.py"].added, files["src/app.py"].deleted, files["src/app.py"].old_path) == (1, 0, None)
+    assert files["src/lib.py"].lines == 2
+    assert await proj.files_changed("v1.1.0", "v1.1.0") == []
+
+
+async def test_files_changed_counts_from_the_common_ancestor(proj: GitRepository, project: Origin) -> None:
+    # Neither is an ancestor of the other: only what `docs` added since they forked counts, not the
+    # feature branch's files that `docs` lacks (a plain tree diff would list those as deleted).
+    s = project.shas
+    changed = await proj.files_changed(s["lib"], s["docs"])
+    assert [(f.path, f.added, f.deleted) for f in changed] == [("docs/readme.md", 1, 0)]
+    both = await proj.files_changed(s["docs"], s["lib"])
+    assert sorted(f.path for f in both) == ["src/app.py", "src/lib.py"]
+
+
+async def test_authors_of_a_path(proj: GitRepository) -> None:
+    src = await proj.authors_of("src", "v1.1.0")
+    assert [(a.author, a.commits) for a in src] == [("Bob Ng", 2), ("Ann Lee", 1)]  # the merge is not counted
+    assert src[0].last == datetime(2026, 4, 3, 10, 0, tzinfo=UTC)
+    assert src[1].last == datetime(2026, 4, 1, 10, 0, tzinfo=UTC)
+    docs = await proj.authors_of("./docs/", "main")
+    assert [(a.author, a.commits, a.last.day) for a in docs] == [("Ann Lee", 2, 6), ("Cy Diaz", 1, 4)]
+    assert [(a.author, a.commits) for a in await proj.authors_of("src/lib.py")] == [("Bob Ng", 1)]
+    assert [(a.author, a.commits) for a in await proj.authors_of("src", "v1.0.0")] == [("Ann Lee", 1)]
+    assert [a.commits for a in await proj.authors_of("src", "main", limit=1)] == [1]
+    assert sum(a.commits for a in await proj.authors_of(".", "main")) == 6  # the root: every non-merge
+    assert await proj.authors_of("no/such/dir") == []
+
+
+async def test_paths_are_literal(proj: GitRepository, project: Origin) -> None:
+    assert await proj.authors_of("src/*.py") == []  # no glob
+    assert await proj.authors_of("*") == []
+    write(project.path, "odd/*.py", "literal\n")
+    commit_all(project.path, "An odd name", date="2026-04-08T10:00:00Z", author="Eve Moss")
+    assert [a.author for a in await proj.authors_of("odd/*.py")] == ["Eve Moss"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "-x",
+        "--output=/tmp/pwned",
+        "../outside",
+        "src/../../etc",
+        "..",
+        "/etc/passwd",
+        ":(exclude)src",
+        ":!src",
+        "",
+        "src\n--all",
+        "a\0b",
+    ],
+)
+async def test_bad_paths_never_reach_git(proj: GitRepository, pool: CountingPool, path: str) -> None:
+    with pytest.raises(AdapterError) as err:
+        await proj.authors_of(path)
+    assert not isinstance(err.value, AdapterNotFound)
+    assert "can't be used as a path" in str(err.value)
+    assert pool.calls == 0
+
+
+async def test_authors_and_files_of_a_cached_clone(project: Origin, tmp_path: Path, pool: CountingPool) -> None:
+    bare = tmp_path / "project.git"
+    git(tmp_path, "clone", "-q", "--bare", str(project.path), str(bare))
+    repo = cached(pool, bare, tmp_path)
+    assert [(a.author, a.commits) for a in await repo.authors_of("src", "main")] == [("Bob Ng", 2), ("Ann Lee", 1)]
+    assert len(await repo.files_changed("1.0.0", "1.1.0")) == 4
+    assert await repo.count_between("1.0.0", "1.1.0") == 5
+    assert repo.fetches == 1  # the clone; everything was in it

@@ -55,7 +55,13 @@ async def test_permissions_are_checked_with_a_reason(tmp_path: Path) -> None:
 async def test_help_is_generated_and_typos_get_suggestions(tmp_path: Path) -> None:
     async with console_ops(tmp_path) as h:
         out = await h.say("help")
-        for usage in ('plan new "TITLE" [@who] [local|jira|trello|asana] [critical]', 'feedback "TEXT"', "audit [N]", "whoami"):
+        usages = (
+            'plan new "TITLE" [@who] [local|jira|trello|asana] [critical]',
+            'feedback "TEXT"',
+            "audit [N]",
+            "whoami",
+        )
+        for usage in usages:
             assert usage in out
         out = await h.say("help plan")
         assert "critical items need an approval" in out

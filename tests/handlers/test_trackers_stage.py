@@ -113,7 +113,9 @@ async def send_event(h: SlackHarness, event: dict[str, Any], event_id: str | Non
 
 
 def message_event(msg: Any, user: str, channel: str = "C0OPS") -> dict[str, Any]:
-    return {"type": "message", "channel": channel, "user": user, "text": msg.text, "ts": msg.ts, "channel_type": "channel"}
+    return {"type": "message", "channel": channel, "user": user, "text": msg.text, "ts": msg.ts} | {
+        "channel_type": "channel"
+    }
 
 
 def reaction_event(msg: Any, user: str, reaction: str, channel: str = "C0OPS") -> dict[str, Any]:
@@ -235,7 +237,7 @@ async def test_a_reaction_needs_the_permission_of_what_it_files(
 async def test_a_pasted_key_or_link_gets_a_small_card_in_its_thread(
     tmp_path: Path, emu: SlackEmulator, jira: JiraEmulator, trello: Any, asana: Any
 ) -> None:
-    t, board = trello
+    t, _ = trello
     jira.add_issue("SHOP", "Payment retries")
     async with slack_ops(tmp_path, emu, **overrides(jira, trello, asana)) as h:
         await h.command('plan new "Cache warmup" trello')

@@ -199,7 +199,8 @@ def test_the_tracker_of_a_key_is_told_by_its_shape(tmp_path) -> None:
     names = {n: SimpleNamespace(name=n) for n in ("local", "jira", "trello", "asana")}
     services = Services.__new__(Services)
     services.config, services.trackers = cfg, names  # only what tracker_for reads
-    owner = {k: services.tracker_for(k).name for k in ("OPS-1", "SHOP-2", "ABC-3", "AbCd1234", "1200000000000042", "12")}
+    keys = ("OPS-1", "SHOP-2", "ABC-3", "AbCd1234", "1200000000000042", "12")
+    owner = {k: services.tracker_for(k).name for k in keys}
     assert owner == {
         "OPS-1": "local",
         "SHOP-2": "jira",
