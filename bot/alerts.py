@@ -353,7 +353,7 @@ class AlertPipeline:
             labels = dict(a.labels)
             route = routes.get(gkey) or routes.setdefault(gkey, self.route(labels))
             visible = a.severity.rank <= Severity(route.min_severity).rank
-            g = one(db, "SELECT id FROM alert_groups WHERE key = ?", (gkey,))
+            g = one(db, "SELECT id, status FROM alert_groups WHERE key = ?", (gkey,))
             prev = one(
                 db,
                 "SELECT id, status, group_id FROM alerts WHERE source = ? AND fingerprint = ?",
@@ -368,6 +368,10 @@ class AlertPipeline:
                 created.add(gid)
             else:
                 gid = int(g["id"])
+                if g["status"] != AlertStatus.FIRING.value and a.status is AlertStatus.FIRING:
+                    # A new incident on a resolved group: the old acknowledgement owned the old one (Nagios
+                    # drops its acknowledgement at recovery too), so the card asks for an owner again.
+                    db.execute("UPDATE alert_groups SET acked_by = NULL, acked_at = NULL WHERE id = ?", (gid,))
             if a.annotation("nagios_event") == "ACKNOWLEDGEMENT" and g is not None:
                 author = a.annotation("nagios_author") or "Nagios"
                 db.execute(

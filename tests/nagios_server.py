@@ -7,6 +7,8 @@
 
 One host and one service, both passive, so a test decides their state by writing
 `PROCESS_*_CHECK_RESULT` into the command file instead of waiting for a plugin. With
+`active_service=True` the service is checked actively instead, every second, by a plugin (a small
+script) that answers what the test last wrote with `set_service_check(code, output)`. With
 `max_check_attempts 1` every result is a HARD state, and Nagios notifies at once. Notifications go
 through `scripts/opsloop-nagios-notify`, wired as in its docstring (environment macros, `url=` and
 `token=` in a config file, since Nagios passes its own, deliberately bare, environment on to it). The
@@ -98,6 +100,10 @@ define command {{
   command_line /bin/true
 }}
 define command {{
+  command_name check-state-file
+  command_line {d}/check-state {d}/service.state
+}}
+define command {{
   command_name notify-opsloop
   command_line {script} --config {d}/opsloop-notify.conf
 }}
@@ -129,12 +135,12 @@ define host {{
 define service {{
   host_name {host}
   service_description {service}
-  check_command passive-only
-  active_checks_enabled 0
+  check_command {service_check}
+  active_checks_enabled {service_active}
   passive_checks_enabled 1
   check_freshness 0
   max_check_attempts 1
-  check_interval 60
+  check_interval {service_interval}
   retry_interval 1
   check_period 24x7
   contacts opsloop
@@ -142,6 +148,16 @@ define service {{
   notification_interval 0
   notification_options w,u,c,r,f,s
 }}
+"""
+
+
+# The active check of `active_service=True`: "<exit code> <output>" from the state file, as a plugin
+# prints and exits. A state file that cannot be read is UNKNOWN, as a broken plugin would be.
+CHECK_SCRIPT = """\
+#!/bin/sh
+read -r code output < "$1" || { echo "UNKNOWN - cannot read $1"; exit 3; }
+echo "$output"
+exit "$code"
 """
 
 
@@ -200,6 +216,15 @@ class NagiosServer:
         """A passive service check result: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
         self.command(f"PROCESS_SERVICE_CHECK_RESULT;{self.host};{self.service};{code};{output}")
 
+    def set_service_check(self, code: int, output: str) -> None:
+        """What the active service check (`active_service=True`) answers from its next run on:
+        0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. Replaced atomically, so a check never reads half of it."""
+        _write_state(self.root, code, output)
+
+    def notify_to(self, url: str, token: str) -> None:
+        """Send notifications to another opsloop (the script reads its config file on every run)."""
+        _write_notify_conf(self.root, url, token)
+
     def host_result(self, code: int, output: str) -> None:
         """A passive host check result: 0 UP, 1 DOWN, 2 UNREACHABLE."""
         self.command(f"PROCESS_HOST_CHECK_RESULT;{self.host};{code};{output}")
@@ -249,19 +274,47 @@ class NagiosServer:
             await asyncio.sleep(0.1)
 
 
-def _write_config(root: Path, *, url: str, token: str, host: str, service: str) -> Path:
+def _write_config(root: Path, *, url: str, token: str, host: str, service: str, active_service: bool) -> Path:
     for sub in ("var/rw", "var/spool/checkresults"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     user = pwd.getpwuid(os.getuid()).pw_name
     group = grp.getgrgid(os.getgid()).gr_name
     cfg = root / "nagios.cfg"
     cfg.write_text(NAGIOS_CFG.format(d=root, user=user, group=group))
-    (root / "objects.cfg").write_text(OBJECTS_CFG.format(d=root, script=NOTIFY_SCRIPT, host=host, service=service))
-    conf = root / "opsloop-notify.conf"
-    # A short timeout and one retry keep a failing delivery from holding a Nagios worker long.
-    conf.write_text(f"# written by tests/nagios_server.py\nurl={url}\ntoken={token}\ntimeout=5\nretries=1\n")
-    conf.chmod(0o600)
+    check = root / "check-state"
+    check.write_text(CHECK_SCRIPT)
+    check.chmod(0o755)
+    _write_state(root, 0, "OK - nothing written yet")
+    (root / "objects.cfg").write_text(
+        OBJECTS_CFG.format(
+            d=root,
+            script=NOTIFY_SCRIPT,
+            host=host,
+            service=service,
+            service_check="check-state-file" if active_service else "passive-only",
+            service_active=int(active_service),
+            service_interval=1 if active_service else 60,
+        )
+    )
+    _write_notify_conf(root, url, token)
     return cfg
+
+
+def _write_notify_conf(root: Path, url: str, token: str) -> None:
+    conf = root / "opsloop-notify.conf"
+    tmp = root / "opsloop-notify.conf.tmp"
+    # A short timeout and one retry keep a failing delivery from holding a Nagios worker long.
+    tmp.write_text(f"# written by tests/nagios_server.py\nurl={url}\ntoken={token}\ntimeout=5\nretries=1\n")
+    tmp.chmod(0o600)
+    tmp.replace(conf)
+
+
+def _write_state(root: Path, code: int, output: str) -> None:
+    if "\n" in output:
+        raise ValueError("one line of plugin output, please")
+    tmp = root / "service.state.tmp"
+    tmp.write_text(f"{code} {output}\n")
+    tmp.replace(root / "service.state")
 
 
 def _fifo_has_reader(path: str) -> bool:
@@ -311,12 +364,12 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 @asynccontextmanager
 async def nagios_server(
-    *, url: str, token: str, host: str = "web01", service: str = "HTTP"
+    *, url: str, token: str, host: str = "web01", service: str = "HTTP", active_service: bool = False
 ) -> AsyncIterator[NagiosServer]:
     """Start Nagios, wait until it writes status.dat and reads its command file, stop it afterwards."""
     need_nagios()
     root = Path(tempfile.mkdtemp(prefix="opsloop-nagios-"))
-    cfg = _write_config(root, url=url, token=token, host=host, service=service)
+    cfg = _write_config(root, url=url, token=token, host=host, service=service, active_service=active_service)
     # A bare environment: the notification script must get its settings from its config file, as it
     # would under a system service, not from the test's environment.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root)}

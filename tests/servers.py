@@ -173,6 +173,23 @@ class RunningAlertmanager:
         """Stop it early (to test "Alertmanager down"); the context's exit is then a no-op."""
         await self._process.stop()
 
+    async def set_webhook_url(self, webhook_url: str) -> None:
+        """Point the webhook receiver at `webhook_url` and reload (POST /-/reload, as `kill -HUP` would).
+
+        For a receiver that can only start once Alertmanager's URL is known (opsloop needs it in its
+        config), so neither side has to guess a free port for the other."""
+        for receiver in self.config["receivers"]:
+            if receiver["name"] == WEBHOOK_RECEIVER:
+                for hook in receiver["webhook_configs"]:
+                    hook["url"] = webhook_url
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.post(f"{self.url}/-/reload") as resp,
+        ):
+            if resp.status != 200:
+                raise AssertionError(f"Alertmanager refused the new config: {resp.status} {await resp.text()}")
+
 
 def alertmanager_config(
     webhook_url: str,

@@ -159,3 +159,22 @@ async def test_a_recent_release_is_named_on_the_card(tmp_path: Path, emu: SlackE
         [card] = cards(h, "C0API")
         body = json.dumps(card.blocks, ensure_ascii=False)
         assert "started 7 min after api 1.4.2 to prod by <@U0DAVE>" in body and "Rollback" in body
+
+
+async def test_a_group_that_fires_again_asks_for_an_owner_again(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        pipe = h.services.alerts
+        await pipe.ingest(batch(alert("Disk", "d1")))
+        [row] = await h.services.store.read(lambda db: rows(db, "SELECT id FROM alert_groups"))
+        await pipe.change(row["id"], "alert.acked", "U0ALICE", acked_by="U0ALICE", acked_at=1.0)
+        await pipe.ingest(batch(alert("Disk", "d1")))  # a repeat of the same incident keeps its owner
+        await h.settle()
+        [card] = cards(h, "C0ALERTS")
+        assert "acknowledged by <@U0ALICE>" in json.dumps(card.blocks)
+        await pipe.ingest(batch(alert("Disk", "d1", AlertStatus.RESOLVED)))
+        await pipe.ingest(batch(alert("Disk", "d1")))  # a new incident: the old acknowledgement is not its
+        await h.settle()
+        [card] = cards(h, "C0ALERTS")
+        assert "acknowledged by" not in json.dumps(card.blocks) and "Acknowledge" in json.dumps(card.blocks)
+        g = await pipe.get(row["id"])
+        assert g is not None and g.acked_by is None
