@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 TOOL = "git"
 TICKET = re.compile(r"\b[A-Z][A-Z0-9]+-\d+\b")
 MAX_LIMIT = 10_000  # commits per answer; a chat card shows a few dozen
+CLONE_RETRY_AFTER = 60.0  # a clone that failed is not tried again (per command) before this many seconds
 
 # A ref name git accepts, minus everything with a meaning beyond "a name": no leading `-` (an
 # option), no `..` (a range), no `^ ~ : @{ ? * [ \` or whitespace (revision expressions, globs).
@@ -173,6 +174,7 @@ class GitRepository:
         timeout: float = 30.0,
         fetch_timeout: float = 300.0,
         branch_max_age: float = 60.0,
+        clone_retry_after: float = CLONE_RETRY_AFTER,
     ) -> None:
         if (path is None) == (url is None):
             raise ValueError("give a repository path or a clone URL, not both or neither")
@@ -200,6 +202,8 @@ class GitRepository:
         self._ready = url is None  # a local path needs no clone
         self._fetches = 0
         self._fetched_at: float | None = None
+        self._clone_retry_after = clone_retry_after
+        self._clone_failed: tuple[float, AdapterError] | None = None
 
     @property
     def fetches(self) -> int:
@@ -310,7 +314,21 @@ class GitRepository:
         async with self._lock:
             if self._ready:
                 return
-            created = await self._run("cloning", self._create_clone, timeout=self._fetch_timeout, remote=True)
+            if self._clone_failed is not None:
+                at, err = self._clone_failed
+                ago = time.monotonic() - at
+                if ago < self._clone_retry_after:
+                    # The same answer, without asking the remote again on every command.
+                    wait = self._clone_retry_after - ago
+                    raise type(err)(TOOL, f"{str(err).removeprefix(f'{TOOL}: ')} (I try again in {wait:.0f} s)")
+            try:
+                created = await self._run("cloning", self._create_clone, timeout=self._fetch_timeout, remote=True)
+            except AdapterError as err:
+                if self._clone_failed is None:
+                    log.warning("cannot clone %s: %s", self.where, err)  # once, not on every command
+                self._clone_failed = (time.monotonic(), err)
+                raise
+            self._clone_failed = None
             if created:
                 self._fetches += 1
                 self._fetched_at = time.monotonic()

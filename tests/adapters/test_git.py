@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -396,6 +397,27 @@ async def test_an_unreachable_remote_is_unavailable(tmp_path: Path, pool: Counti
         await repo.resolve("1.0.0")
     assert "cloning" in str(err.value) and "gone.git" in str(err.value)
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []  # no half clone
+
+
+async def test_a_failed_clone_is_not_retried_on_every_command(
+    origin: Origin, remote: Path, tmp_path: Path, pool: CountingPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "later.git"
+    repo = GitRepository(pool=pool, url=missing.as_uri(), cache_dir=tmp_path / "cache", clone_retry_after=3600)
+    with pytest.raises(AdapterUnavailable) as first:
+        await repo.resolve("1.0.0")
+    calls = pool.calls
+    for _ in range(3):
+        with pytest.raises(AdapterUnavailable) as again:
+            await repo.log()
+        # The URL and git's reason every time, but git was not asked again, and the log says it once.
+        assert str(first.value).removeprefix("git: ") in str(again.value) and "try again in" in str(again.value)
+    assert pool.calls == calls
+    assert sum("cannot clone" in r.getMessage() for r in caplog.records) == 1
+    # Once the wait is over (made 0 here), the next command clones, and succeeds when the remote exists.
+    shutil.copytree(remote, missing)
+    repo._clone_retry_after = 0
+    assert await repo.resolve("1.0.0") == origin.shas["c1"]
 
 
 def test_credentials_in_a_url_stay_out_of_messages(pool: CountingPool, tmp_path: Path) -> None:
