@@ -12,6 +12,12 @@ Writes use the helpers (`build_job`, `stop_build`), whose error behaviour is wha
 
 Every failure leaves as an `AdapterError` naming Jenkins and the job: unreachable ->
 `AdapterUnavailable`, no answer in time -> `AdapterTimeout`, 404 -> `AdapterNotFound`.
+
+Archived files (`BuildArtifacts`): the build's `artifacts[].relativePath` from its JSON, each fetched
+from `<job>/<n>/artifact/<relativePath>` through the same client (auth, crumb, session cookie, the
+per-request timeout). Downloads stream: a file over the caller's byte limit is refused from its
+Content-Length or as soon as that many bytes arrived, and a whole download gets `download_timeout`
+seconds, checked in the pool thread too, so an abandoned download does not keep reading.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import html
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +43,7 @@ from bot.ports import (
     AdapterNotFound,
     AdapterTimeout,
     AdapterUnavailable,
+    Artifact,
     Build,
     BuildRef,
     BuildState,
@@ -67,6 +75,7 @@ _CASE_STATUS = {
     "REGRESSION": TestStatus.FAILED,
     "SKIPPED": TestStatus.SKIPPED,
 }
+_DOWNLOAD_CHUNK = 64 * 1024
 # "Error in request. Possibly authentication failed [401]: Unauthorized\n<body>" (jenkins_request)
 _STATUS_IN_MESSAGE = re.compile(r"\[(\d{3})\]: ?([^\n]*)\n?(.*)", re.S)
 _TITLE = re.compile(r"<title>(.*?)</title>", re.S | re.I)
@@ -89,6 +98,24 @@ def _build_about(job: str, number: int) -> _About:
     return _About(f"build #{number} of job `{job}`", f"no build #{number} of job `{job}`")
 
 
+class _DownloadTimeout(AdapterTimeout):
+    """A time limit that the pool thread itself noticed (`_run` passes it on as it is)."""
+
+
+def _artifact_about(job: str, number: int, path: str) -> _About:
+    return _About(
+        f"artifact `{path}` of build #{number} of job `{job}`",
+        f"build #{number} of job `{job}` has no artifact `{path}` (deleted, or never archived)",
+    )
+
+
+def _size(n: int) -> str:
+    for unit, k in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= k:
+            return f"{n / k:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
 def job_path(job: str) -> str:
     """`a/b/app` -> `job/a/job/b/job/app/` (folders, each name URL-quoted), relative to the root."""
     parts = [p for p in job.split("/") if p]
@@ -102,12 +129,23 @@ class JenkinsCI:
 
     name = "jenkins"
 
-    def __init__(self, url: str, user: str | None, token: str | None, *, pool: BlockingPool, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        user: str | None,
+        token: str | None,
+        *,
+        pool: BlockingPool,
+        timeout: float,
+        download_timeout: float | None = None,
+    ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self._user = user
         self._token = token
         self._pool = pool
-        self._timeout = timeout
+        self._timeout = timeout  # per request (connect, and each read)
+        # A whole artifact download; each of its reads still gets `timeout`.
+        self._download_timeout = download_timeout if download_timeout is not None else max(60.0, timeout)
         self._local = threading.local()
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
@@ -127,16 +165,19 @@ class JenkinsCI:
                 self._clients.append(client)
         return client
 
-    async def _run(self, about: _About, fn: Callable[[Any], T]) -> T:
+    async def _run(self, about: _About, fn: Callable[[Any], T], *, timeout: float | None = None) -> T:
         """Run `fn(client)` on the pool; every failure becomes an AdapterError about `about`."""
 
         def work() -> T:
             return fn(self._client())
 
+        limit = self._timeout if timeout is None else timeout
         try:
-            return await self._pool.run(TOOL, work, timeout=self._timeout)
+            return await self._pool.run(TOOL, work, timeout=limit)
+        except _DownloadTimeout:
+            raise
         except AdapterTimeout:
-            raise self._timeout_error(about) from None
+            raise self._timeout_error(about, limit) from None
         except AdapterError:
             raise
         except Exception as exc:
@@ -178,9 +219,10 @@ class JenkinsCI:
             return AdapterError(TOOL, f"answered something that is not JSON for {about.subject}")
         return AdapterError(TOOL, f"{type(exc).__name__}: {exc} ({about.subject})")
 
-    def _timeout_error(self, about: _About) -> AdapterTimeout:
+    def _timeout_error(self, about: _About, seconds: float | None = None) -> AdapterTimeout:
         note = f"; {about.after_timeout}" if about.after_timeout else ""
-        return AdapterTimeout(TOOL, f"no answer from {self.url} within {self._timeout:g} s ({about.subject}){note}")
+        limit = self._timeout if seconds is None else seconds
+        return AdapterTimeout(TOOL, f"no answer from {self.url} within {limit:g} s ({about.subject}){note}")
 
     def _http_error(self, status: int, reason: str, body: str, about: _About) -> AdapterError:
         detail = _page_message(body)
@@ -356,6 +398,65 @@ class JenkinsCI:
         for child in data.get("childReports") or []:  # matrix / maven jobs aggregate their children
             suites.extend(((child or {}).get("result") or {}).get("suites") or [])
         return TestReport(tuple(_cases(suites)))
+
+    # ------------------------------------------------------------------ BuildArtifacts
+
+    async def artifacts(self, job: str, number: int) -> tuple[Artifact, ...]:
+        """What the build archived (`artifacts` of its JSON; empty while it runs or without any)."""
+        rel = f"{job_path(job)}{number}/"
+        tree = "artifacts[relativePath,fileName]"
+        data = await self._run(_build_about(job, number), lambda c: self._get_json(c, rel, tree))
+        out: list[Artifact] = []
+        for a in data.get("artifacts") or []:
+            if not isinstance(a, dict) or not a.get("relativePath"):
+                continue
+            path = str(a["relativePath"])
+            out.append(Artifact(path=path, name=str(a.get("fileName") or path.rsplit("/", 1)[-1])))
+        return tuple(out)
+
+    async def artifact(self, job: str, number: int, path: str, *, max_bytes: int) -> bytes:
+        """One archived file, streamed and refused once it is over `max_bytes`."""
+        about = _artifact_about(job, number, path)
+        parts = path.split("/")
+        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise AdapterError(TOOL, f"`{path}` is not a relative artifact path")
+        url = f"{self.url}{job_path(job)}{number}/artifact/" + "/".join(quote(p, safe="") for p in parts)
+        limit = self._download_timeout
+        # The pool's limit is the backstop; the thread stops itself at `limit` (see _download).
+        return await self._run(
+            about, lambda c: self._download(c, url, about, max_bytes, limit), timeout=limit + self._timeout
+        )
+
+    def _download(self, client: Any, url: str, about: _About, max_bytes: int, limit: float) -> bytes:
+        """GET `url` as a stream (in a pool thread), at most `max_bytes` of it, within `limit` seconds."""
+        deadline = time.monotonic() + limit
+        response: requests.Response = client.jenkins_request(requests.Request("GET", url), stream=True)
+        with response:  # closes the connection too when we stop early
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > max_bytes:
+                raise self._too_big(about, int(length), max_bytes)
+            data = bytearray()
+            try:
+                # iter_content undoes a Content-Encoding, so the limit counts what we would keep.
+                for chunk in response.iter_content(_DOWNLOAD_CHUNK):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise self._too_big(about, None, max_bytes)
+                    if time.monotonic() > deadline:
+                        raise _DownloadTimeout(TOOL, f"{about.subject} took longer than {limit:g} s to download")
+            except requests.ConnectionError as exc:
+                # requests reports a read timeout in the middle of a body as a ConnectionError.
+                if "timed out" in str(exc).lower():
+                    raise _DownloadTimeout(
+                        TOOL, f"{about.subject} stopped arriving: nothing for {self._timeout:g} s"
+                    ) from None
+                raise
+        return bytes(data)
+
+    def _too_big(self, about: _About, size: int | None, limit: int) -> AdapterError:
+        # The exact size when Jenkins gave one ("64 KiB" beside "over 64 KiB" would read as a contradiction).
+        what = f"is {size:,} bytes" if size is not None else f"passed {limit:,} bytes while downloading"
+        return AdapterError(TOOL, f"{about.subject} {what}; artifacts over {_size(limit)} are not downloaded")
 
     async def abort(self, job: str, number: int) -> None:
         """Stop a running build (Jenkins answers 302 to the build page; requests follows it)."""

@@ -228,6 +228,19 @@ class BuildConfig(_Model):
     branch: str | None = Field(None, description="default branch to build")
     params: dict[str, str] = Field(default_factory=dict, description="default build parameters")
     junit: str | None = Field(None, description="JUnit XML file (glob) to read when the CI publishes no report")
+    junit_artifacts: str | None = Field(
+        None,
+        description="JUnit XML files the build archives (Jenkins only): Ant-style globs of their relativePath,"
+        " comma-separated, e.g. `target/surefire-reports/*.xml, **/test-results/*.xml`; read when the CI"
+        " publishes no test report",
+    )
+
+    @field_validator("junit_artifacts")
+    @classmethod
+    def _artifacts_need_jenkins(cls, value: str | None, info: Any) -> str | None:  # info: ValidationInfo
+        if value and info.data.get("ci") == "travis":
+            raise ValueError("needs Jenkins: Travis CI's API serves no build artifacts; use `junit` for files on disk")
+        return value
 
 
 class SmokePage(_Model):

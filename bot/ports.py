@@ -11,7 +11,7 @@ import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 
@@ -267,6 +267,29 @@ class CIServer(Protocol):
 
     async def check(self) -> str:
         """Reach the server; a line saying who we are there, or AdapterError."""
+        ...
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a build archived (Jenkins `archiveArtifacts`)."""
+
+    path: str  # relative to the build's artifact root, `/`-separated (Jenkins `relativePath`)
+    name: str  # the file name
+
+
+@runtime_checkable
+class BuildArtifacts(Protocol):
+    """A CI that keeps files of its builds and serves them (Jenkins). Travis CI's API has no artifacts
+    (its `artifacts` addon uploads to S3), so `TravisCI` does not implement this."""
+
+    async def artifacts(self, job: str, number: int) -> tuple[Artifact, ...]:
+        """What the build archived; empty while it runs or when it archived nothing."""
+        ...
+
+    async def artifact(self, job: str, number: int, path: str, *, max_bytes: int) -> bytes:
+        """One archived file. AdapterNotFound when it is not there (any more); AdapterError, without
+        reading further, when it is larger than `max_bytes`."""
         ...
 
 

@@ -4,6 +4,8 @@ A build is a row of the `builds` table and a card keyed `build:<id>`. The `build
 it (unless it was started elsewhere), then hands it to the shared poller; a Jenkins notification only
 nudges that poller, so a build announced by webhook and by polling is still one card. The watch is
 resumable: after a restart it re-attaches by queue item or build number and finishes the same card.
+When the build ends, its test results (the CI's report, or the JUnit files it archived) are collected,
+kept, and shown on the card with what changed since the previous build.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from bot.poller import Progress
 from bot.ports import AdapterNotFound, Build, BuildRef, BuildState, CIServer
 from bot.router import CommandGroup, HookResult
 from bot.store import one
-from bot.test_history import collect_tests
+from bot.test_history import TestSummary, collect_tests, summarize
 
 group = CommandGroup("build", "Trigger CI builds (Jenkins, Travis CI) and follow them to the result.")
 
 LOG_TAIL_LINES = 40
+TESTS_SHOWN = 10  # failing (and fixed) tests named on a card; `test report` has them all
+NOTES_SHOWN = 5
 LOG_MAX_BYTES = 5 * 1024 * 1024
 _ICON = {
     BuildState.QUEUED: "⏳",
@@ -54,8 +58,53 @@ def _dur(seconds: float | None) -> str:
     return format_duration(timedelta(seconds=int(seconds))) if seconds else "0s"
 
 
-def card(row: BuildRow, *, typical_s: float | None, now: float) -> v.Message:
-    """The one message that follows a build."""
+def _test_name(test_id: str) -> str:
+    return f"`{v.esc(test_id if len(test_id) <= 150 else test_id[:149] + '…')}`"
+
+
+def tests_blocks(row: BuildRow, t: TestSummary) -> list[v.Block]:
+    """The test results of a finished build, for its card."""
+    more_cmd = "`" + " ".join(x for x in ("test report", row.service or row.job, row.label) if x) + "`"
+    if t.total:
+        icon = "✅" if not t.failed else "❌"
+        lines = [f"*Tests:* {icon} {t.counts}"]
+        new, flaky = set(t.new_failures), set(t.flaky)
+        for test_id in t.failing[:TESTS_SHOWN]:
+            tags = [tag for tag, on in (("new", test_id in new), ("flaky", test_id in flaky)) if on]
+            lines.append(f"• {_test_name(test_id)}" + (f" _({', '.join(tags)})_" if tags else ""))
+        if len(t.failing) > TESTS_SHOWN:
+            lines.append(f"…and {len(t.failing) - TESTS_SHOWN} more failing: {more_cmd}")
+        if t.fixed:
+            fixed = ", ".join(_test_name(x) for x in t.fixed[:TESTS_SHOWN])
+            extra = f" and {len(t.fixed) - TESTS_SHOWN} more" if len(t.fixed) > TESTS_SHOWN else ""
+            lines.append(f"*Fixed since {v.esc(t.previous or 'the previous build')}:* {fixed}{extra}")
+    else:
+        lines = [f"*Tests:* none in {v.esc(t.source)}" if t.source else "*Tests:* no results"]
+    blocks: list[v.Block] = [v.Section("\n".join(lines))]
+    about: list[str] = []
+    if t.total:
+        if t.previous:
+            about.append(
+                f"compared with {v.esc(t.previous)}: {len(t.new_failures)} new"
+                f" failure{'' if len(t.new_failures) == 1 else 's'}, {len(t.fixed)} fixed,"
+                f" {len(t.still_failing)} still failing, {len(t.flaky)} flaky"
+            )
+        else:
+            about.append("no earlier results to compare with")
+        if t.source:
+            about.append(f"from {v.esc(t.source)}")
+    notes = [f"⚠️ {v.esc(n)}" for n in t.notes[:NOTES_SHOWN]]
+    if len(t.notes) > NOTES_SHOWN:
+        notes.append(f"…and {len(t.notes) - NOTES_SHOWN} more problems reading the results")
+    if about:
+        blocks.append(v.Context(("; ".join(about),)))
+    if notes:
+        blocks.append(v.Context(tuple(notes)))
+    return blocks
+
+
+def card(row: BuildRow, *, typical_s: float | None, now: float, tests: TestSummary | None = None) -> v.Message:
+    """The one message that follows a build (with its test results once it finished and they are known)."""
     head = f"{row.service or row.job} {row.label or ''}".strip()
     ref = BuildRefValue(id=row.id).model_dump_json()
     buttons: list[v.Button] = []
@@ -105,10 +154,14 @@ def card(row: BuildRow, *, typical_s: float | None, now: float) -> v.Message:
     if params:
         fields.append(("Parameters", ", ".join(f"`{v.esc(k)}={v.esc(val)}`" for k, val in sorted(params.items()))))
     blocks: list[v.Block] = [v.Header(f"Build {head}"), v.Section(fields=tuple(fields))]
+    text = f"Build {head}: {status}"
+    if tests is not None and row.finished:
+        blocks.extend(tests_blocks(row, tests))
+        text += f"; tests: {tests.counts}" if tests.total else "; no test results"
     if buttons:
         blocks.append(v.Actions(tuple(buttons)))
     blocks.append(v.Context((f"{row.ci} · `{v.esc(row.job)}`",)))
-    return v.Message(f"Build {head}: {status}", tuple(blocks))
+    return v.Message(text, tuple(blocks))
 
 
 async def typical_duration(services: Services, ci: CIServer, job: str) -> float | None:
@@ -205,6 +258,8 @@ async def watch_job(services: Services, jctx: JobCtx) -> None:
     """Trigger (unless already started elsewhere) and follow one build to its result."""
     row = await load(services, int(jctx.job.payload["build"]))
     if row.finished:
+        # opsloop stopped after the build ended but perhaps before its tests were read (idempotent).
+        await report_tests(services, row)
         return
     ci = ci_for(services, row.ci)
     if row.queue_id is None and row.number is None:
@@ -272,7 +327,17 @@ async def watch_job(services: Services, jctx: JobCtx) -> None:
 
     final = await services.poller.watch(cur_key(row), poll, interval=base, ceiling=max(60.0, base))
     await record_event(services, final, "build.finished")
-    await collect_tests(services, final)
+    await report_tests(services, final, typical)
+
+
+async def report_tests(services: Services, row: BuildRow, typical_s: float | None = None) -> None:
+    """Collect a finished build's test results, keep them, and show them on its card."""
+    if row.number is None:
+        return
+    collected = await collect_tests(services, row)  # tool failures come back as notes, not errors
+    summary = await summarize(services, row, collected)
+    if summary is not None:
+        await services.update(row.key, card(row, typical_s=typical_s, now=services.clock.now(), tests=summary))
 
 
 def cur_key(row: BuildRow) -> str:
@@ -350,7 +415,8 @@ async def status(ctx: Ctx, service: str, number: int | None) -> v.Reply:
     row, ci, job = await _find(ctx, service, number)
     if row is not None:
         typical = await typical_duration(ctx.services, ci, job) if not row.finished else None
-        return v.Reply(card(row, typical_s=typical, now=ctx.clock.now()))
+        tests = await summarize(ctx.services, row) if row.finished else None
+        return v.Reply(card(row, typical_s=typical, now=ctx.clock.now(), tests=tests))
     b = await _build_or_404(ci, job, number, service)
     fake = BuildRow(
         0,

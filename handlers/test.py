@@ -12,7 +12,14 @@ from bot.ports import TestReport, TestStatus
 from bot.router import CommandGroup
 from bot.smoke import pages_for, run_smoke, smoke_card
 from bot.store import one
-from bot.test_history import collect_tests, compare, flaky_tests, previous_build_with_results, results_of
+from bot.test_history import (
+    collect_tests,
+    compare,
+    flaky_tests,
+    notes_of,
+    previous_build_with_results,
+    results_of,
+)
 
 group = CommandGroup("test", "Test results of builds, flaky tests, and browser smoke checks.")
 
@@ -65,9 +72,14 @@ async def report(ctx: Ctx, service: str, number: int | None) -> v.Reply:
     Compared with the previous build that has results: new failures and fixed tests. Tests that look
     flaky (see `test flaky`) are marked."""
     row = await _build_row(ctx, service, number)
-    current = await results_of(ctx.services, row.id) or await collect_tests(ctx.services, row)
+    current = await results_of(ctx.services, row.id)
+    notes = await notes_of(ctx.services, row.id)
     if current is None:
-        raise NotFound(f"{row.name} published no test results (no report in the CI, no `junit` files configured).")
+        collected = await collect_tests(ctx.services, row)
+        current, notes = collected.report, collected.notes
+    if current is None:
+        why = " ".join(notes) or "No report in the CI, and no `junit` or `junit_artifacts` files configured."
+        raise NotFound(f"{row.name} published no test results. {why}")
     prev_id = await previous_build_with_results(ctx.services, row)
     previous = await results_of(ctx.services, prev_id) if prev_id else None
     diff = compare(current, previous)
@@ -94,6 +106,9 @@ async def report(ctx: Ctx, service: str, number: int | None) -> v.Reply:
             )
         )
     )
+    if notes:
+        # Results may be partial (a file that was not JUnit XML, too big, or gone): say so beside them.
+        body.append(v.Context(tuple(f"⚠️ {v.esc(n)}" for n in notes[:9])))
     key = f"tests:{row.id}"
     await ctx.post(v.Message(head, tuple(body)), key=key)
     failures = sorted(c.id for c in current.failed)

@@ -27,6 +27,15 @@ One aiohttp server on 127.0.0.1 (port 0, read back) that answers the REST surfac
   ``X-More-Data``, once finished.
 * ``POST .../stop`` answers 302 to the build page (served 200) and ends a running build ABORTED.
 * ``?tree=`` is honoured on every ``api/json`` (``builds[number,queueId]{0,10}`` and friends).
+* Archived artifacts (``BuildScript.artifacts``: relativePath -> content) appear when the build
+  finishes, listed in its ``api/json`` ``artifacts`` as ``displayPath``/``fileName``/``relativePath``
+  (sorted by path; ``displayPath`` is the shortest unique path suffix, as ``Run.ArtifactList``
+  computes it) and served at ``.../<n>/artifact/<relativePath>`` with ``Content-Length``, a content
+  type from the extension and Jenkins' sandboxing CSP; a directory there answers an HTML listing, anything
+  else 404. Like every other path they need credentials. ``artifact_content_length=False`` sends
+  them chunked, without ``Content-Length`` (``artifact_drip`` seconds apart per 64 KiB); `discard_artifacts`
+  drops them as log rotation does.
+  `junit_xml` renders `Case` objects as the JUnit XML file a build would archive.
 
 Example::
 
@@ -62,6 +71,7 @@ import binascii
 import html
 import itertools
 import json
+import mimetypes
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -81,6 +91,7 @@ __all__ = [
     "JenkinsEmulator",
     "QueueItem",
     "SeenRequest",
+    "junit_xml",
 ]
 
 RESULTS = ("SUCCESS", "UNSTABLE", "FAILURE", "NOT_BUILT", "ABORTED")
@@ -140,7 +151,8 @@ class BuildScript:
     result: str = "SUCCESS"
     duration: float | None = 0.0
     log: Sequence[str] = ("Building\n",)
-    tests: Sequence[Case] | None = None
+    tests: Sequence[Case] | None = None  # the JUnit plugin's test report (None: no report, 404)
+    artifacts: Mapping[str, bytes | str] | None = None  # archived at the end: relativePath -> content
     commit: str | None = "4f2d1c9b8a7e6d5c4b3a29180f7e6d5c4b3a2918"
     branch: str = "main"
     message: str = "Fix the login page"
@@ -208,6 +220,7 @@ class EmulatedBuild:
     finished_at: float | None = None
     result: str | None = None
     aborted_by: str | None = None
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # relativePath -> content, once archived
 
     @property
     def building(self) -> bool:
@@ -287,6 +300,8 @@ class JenkinsEmulator:
         buildable_polls: int = 1,
         quiet_period: float | None = None,
         queue_ttl: float = 300.0,
+        artifact_content_length: bool = True,
+        artifact_drip: float = 0.0,
     ) -> None:
         self.csrf = csrf
         self.version = version
@@ -295,6 +310,8 @@ class JenkinsEmulator:
         self.buildable_polls = buildable_polls
         self.quiet_period = quiet_period
         self.queue_ttl = queue_ttl
+        self.artifact_content_length = artifact_content_length
+        self.artifact_drip = artifact_drip  # seconds between 64 KiB chunks of a chunked artifact
         self.user = user
         self.token = token
 
@@ -437,6 +454,15 @@ class JenkinsEmulator:
             b.emitted = self._emit(b, len(b.script.log))
             self._finish(b, result or b.script.result, self.now())
         return b
+
+    def set_artifact(self, path: str, number: int, relative_path: str, content: bytes | str) -> None:
+        """Archive (or replace) one file of a build, as a later `archiveArtifacts` step would."""
+        b = self.build(path, number)
+        b.artifacts[relative_path] = content.encode() if isinstance(content, str) else bytes(content)
+
+    def discard_artifacts(self, path: str, number: int) -> None:
+        """Delete a build's artifacts and keep the build (log rotation's "max # of builds to keep with artifacts")."""
+        self.build(path, number).artifacts.clear()
 
     def expire_queue(self) -> None:
         """Forget every item that has left the queue (as Jenkins does ~5 minutes later)."""
@@ -837,6 +863,8 @@ class JenkinsEmulator:
             if report is None:
                 raise _Answer(404, "Not Found")
             return self._json(request, report)
+        if rest and rest[0] == "artifact" and method == "GET":
+            return await self._artifact(request, job, build, "/".join(rest[1:]))
         if rest == ["stop"] and method == "POST":
             user = self._need_build_permission(request)
             if build.building:
@@ -844,6 +872,42 @@ class JenkinsEmulator:
             # forwardToPreviousPage(): back to the Referer, else "." = the build page (served above).
             raise web.HTTPFound(request.headers.get("Referer") or self._build_url(job, build.number))
         raise _Answer(404, "Not Found")
+
+    async def _artifact(self, request: web.Request, job: _Job, build: EmulatedBuild, rel: str) -> web.StreamResponse:
+        """``Run.doArtifact``: a DirectoryBrowserSupport over the build's archive (files, or a directory listing)."""
+        content = build.artifacts.get(rel) if rel else None
+        if content is None:
+            prefix = f"{rel}/" if rel else ""
+            below = sorted(p[len(prefix) :] for p in build.artifacts if p.startswith(prefix))
+            if not below:
+                raise _Answer(404, "Not Found")
+            entries = sorted({p.split("/", 1)[0] for p in below})
+            items = "".join(f'<li><a href="{quote(e)}">{html.escape(e)}</a></li>' for e in entries)
+            title = html.escape(f"{job.full_name} #{build.number} /{rel}")
+            return _html(f"<html><head><title>{title} [Jenkins]</title></head><body><ul>{items}</ul></body></html>")
+        headers = {
+            "Content-Type": mimetypes.guess_type(rel)[0] or "application/octet-stream",
+            "X-Content-Type-Options": "nosniff",
+            # DirectoryBrowserSupport's default (jenkins.security.ResourceDomainRootAction aside).
+            "Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self'; style-src 'self';",
+            "Last-Modified": datetime.fromtimestamp(build.finished_at or build.started_at, tz=UTC).strftime(
+                "%a, %d %b %Y %H:%M:%S GMT"
+            ),
+        }
+        if self.artifact_content_length:
+            return web.Response(body=content, headers=headers)
+        resp = web.StreamResponse(headers=headers)
+        resp.enable_chunked_encoding()
+        try:
+            await resp.prepare(request)
+            for start in range(0, len(content), 64 * 1024):
+                if start and self.artifact_drip:
+                    await asyncio.sleep(self.artifact_drip)
+                await resp.write(content[start : start + 64 * 1024])
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client stopped reading (a size limit): nothing to report
+        return resp
 
     def _resolve_build(self, job: _Job, seg: str) -> EmulatedBuild:
         number: int | None = None
@@ -982,6 +1046,10 @@ class JenkinsEmulator:
             b.log += b"\n"
         if b.script.tests:
             b.log += b"Recording test results\n"
+        if b.script.artifacts:
+            b.log += b"Archiving artifacts\n"
+            for rel, content in b.script.artifacts.items():
+                b.artifacts[rel] = content.encode() if isinstance(content, str) else bytes(content)
         b.log += f"Finished: {result}\n".encode()
         b.result = result
         b.finished_at = at
@@ -1206,7 +1274,7 @@ class JenkinsEmulator:
         data: dict[str, Any] = {
             "_class": run_class,
             "actions": actions,
-            "artifacts": [],
+            "artifacts": _artifacts_json(b.artifacts),
             "building": b.building,
             "description": None,
             "displayName": f"#{b.number}",
@@ -1335,6 +1403,54 @@ def _cause_action(user: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _artifacts_json(artifacts: Mapping[str, bytes]) -> list[dict[str, Any]]:
+    """``Run.getArtifacts()`` as exported: sorted, with the shortest path suffix that tells each apart."""
+    paths = sorted(artifacts)
+    split = {p: p.split("/") for p in paths}
+    out = []
+    for p in paths:
+        parts = split[p]
+        n = 1
+        while n < len(parts) and any(q != p and split[q][-n:] == parts[-n:] for q in paths):
+            n += 1
+        out.append({"displayPath": "/".join(parts[-n:]), "fileName": parts[-1], "relativePath": p})
+    return out
+
+
+def junit_xml(cases: Sequence[Case], *, name: str = "tests") -> bytes:
+    """The JUnit XML file (``<testsuites>``, one ``<testsuite>`` per `Case.suite`) that reports ``cases``."""
+    suites: dict[str, list[Case]] = {}
+    for c in cases:
+        suites.setdefault(c.suite, []).append(c)
+
+    def attr(value: object) -> str:
+        return html.escape(str(value), quote=True)
+
+    def counts(members: Sequence[Case]) -> str:
+        failures = sum(1 for c in members if c.status in ("FAILED", "REGRESSION"))
+        skipped = sum(1 for c in members if c.status == "SKIPPED")
+        time_ = round(sum(c.duration for c in members), 3)
+        return f'tests="{len(members)}" failures="{failures}" errors="0" skipped="{skipped}" time="{time_}"'
+
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', f'<testsuites name="{attr(name)}" {counts(cases)}>']
+    for suite, members in suites.items():
+        lines.append(f'  <testsuite name="{attr(suite)}" {counts(members)}>')
+        for c in members:
+            head = f'    <testcase classname="{attr(c.class_name)}" name="{attr(c.name)}" time="{c.duration}"'
+            if c.status in ("FAILED", "REGRESSION"):
+                message = f' message="{attr(c.error_details)}"' if c.error_details is not None else ""
+                body = html.escape(c.error_stack_trace or "", quote=False)
+                lines.append(f'{head}><failure{message} type="AssertionError">{body}</failure></testcase>')
+            elif c.status == "SKIPPED":
+                message = f' message="{attr(c.skipped_message)}"' if c.skipped_message is not None else ""
+                lines.append(f"{head}><skipped{message}/></testcase>")
+            else:
+                lines.append(f"{head}/>")
+        lines.append("  </testsuite>")
+    lines.append("</testsuites>")
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _case_json(c: Case, number: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bot.store import rows
-from tests.emulators.jenkins import BuildScript, Case, JenkinsEmulator
+from tests.emulators.jenkins import BuildScript, Case, JenkinsEmulator, junit_xml
 from tests.emulators.slack import SlackEmulator
 from tests.emulators.travis import TravisEmulator
 from tests.support import ALICE, BOB, EVE, SlackHarness, click, slack_ops, slack_workspace, wait_until
@@ -277,3 +277,182 @@ async def test_smoke_check_in_a_real_browser(tmp_path: Path, emu: SlackEmulator)
             assert shot.content.startswith(b"\x89PNG") and shot.thread_ts == cards[1].ts
     finally:
         await runner.cleanup()
+
+
+# --- JUnit files archived as build artifacts (no JUnit plugin report) --------------------------------
+
+SUREFIRE = "target/surefire-reports/*.xml"
+
+
+def surefire(cases: list[Case]) -> dict[str, bytes]:
+    """What a Maven build archives: one report per test class, and things that are not reports."""
+    by_class: dict[str, list[Case]] = {}
+    for c in cases:
+        by_class.setdefault(c.class_name, []).append(c)
+    files = {f"target/surefire-reports/TEST-{k}.xml": junit_xml(v, name=k) for k, v in by_class.items()}
+    return {**files, "target/api.jar": b"PK\x03\x04 not a report", "target/surefire-reports/notes.txt": b"-"}
+
+
+def artifact_overrides(jenkins: JenkinsEmulator, pattern: str = SUREFIRE) -> dict[str, Any]:
+    cfg = overrides(jenkins)
+    cfg["services"]["api"]["build"]["junit_artifacts"] = pattern
+    return cfg
+
+
+def card_of(h: SlackHarness, number: int) -> str:
+    """The card of build #number (text and blocks)."""
+    [card] = [m for m in h.emu.top_level("C0OPS") if m.text.startswith(f"Build api #{number}:")]
+    return card.text + json.dumps(card.blocks, ensure_ascii=False)
+
+
+async def test_archived_junit_files_give_counts_failures_and_comparisons(
+    tmp_path: Path, emu: SlackEmulator, jenkins: JenkinsEmulator
+) -> None:
+    first = [
+        Case("test_login", class_name="shop.LoginTest", suite="shop.LoginTest"),
+        Case("test_logout", "FAILED", class_name="shop.LoginTest", suite="shop.LoginTest", error_details="401"),
+        Case("test_cart", class_name="shop.CartTest", suite="shop.CartTest"),
+        Case("test_pay", "SKIPPED", class_name="shop.CartTest", suite="shop.CartTest"),
+    ]
+    second = [
+        Case("test_login", "FAILED", class_name="shop.LoginTest", suite="shop.LoginTest", error_details="timeout 5s"),
+        Case("test_logout", class_name="shop.LoginTest", suite="shop.LoginTest"),
+        Case("test_cart", class_name="shop.CartTest", suite="shop.CartTest"),
+        Case("test_pay", "SKIPPED", class_name="shop.CartTest", suite="shop.CartTest"),
+    ]
+    # No `tests=`: Jenkins has no testReport for these builds (the JUnit plugin is absent).
+    jenkins.add_job(
+        "shop/api-build", {"DEPLOY": "yes"}, script=BuildScript(result="UNSTABLE", artifacts=surefire(first))
+    )
+    async with slack_ops(tmp_path, emu, **artifact_overrides(jenkins)) as h:
+        await emu.send_command(h.url, "build api", user_id=ALICE)
+        await h.settle()
+        one = card_of(h, 1)
+        assert "tests: 2 passed, 1 failed, 1 skipped" in one
+        assert "`shop.LoginTest.test_logout`" in one and "no earlier results to compare with" in one
+        assert "from 2 archived JUnit files" in one  # the two TEST-*.xml, not the jar or notes.txt
+
+        # The same commit again: test_login now fails (new, and flaky: it passed on this commit before).
+        jenkins.set_script("shop/api-build", BuildScript(result="UNSTABLE", artifacts=surefire(second)))
+        await emu.send_command(h.url, "build api", user_id=ALICE)
+        await h.settle()
+        two = card_of(h, 2)
+        assert "tests: 2 passed, 1 failed, 1 skipped" in two
+        assert "`shop.LoginTest.test_login` _(new, flaky)_" in two
+        assert "*Fixed since #1:* `shop.LoginTest.test_logout`" in two
+        assert "compared with #1: 1 new failure, 1 fixed, 0 still failing, 1 flaky" in two
+        assert "⚠️" not in two  # nothing went wrong reading them
+        assert jenkins.requests_to("/testReport/")  # the plugin's report was asked for first
+        for r in jenkins.requests_to("/artifact/"):
+            assert r.headers["Authorization"].startswith("Basic ")
+        downloaded = {r.path.rsplit("/", 1)[-1] for r in jenkins.requests_to("/artifact/")}
+        assert downloaded == {"TEST-shop.LoginTest.xml", "TEST-shop.CartTest.xml"}
+
+        res = await emu.send_command(h.url, "test report api", user_id=ALICE)
+        await h.settle()
+        assert "Posted the test report of api #2" in res.body_text
+        [report] = [m for m in emu.top_level("C0OPS") if m.text.startswith("❌ Tests of api #2")]
+        assert "2 passed, 1 failed, 1 skipped" in report.text
+        assert "*Fixed:* `shop.LoginTest.test_logout`" in json.dumps(report.blocks)
+        [thread] = emu.replies("C0OPS", report.ts)
+        assert "timeout 5s" in json.dumps(thread.blocks) and "(flaky)" in json.dumps(thread.blocks)
+
+        res = await emu.send_command(h.url, "build status api #1", user_id=ALICE)
+        assert "tests: 2 passed, 1 failed, 1 skipped" in json.dumps(res.json)  # from the stored results
+
+
+async def test_unreadable_archived_files_are_named_and_the_others_still_count(
+    tmp_path: Path, emu: SlackEmulator, jenkins: JenkinsEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.test_history
+
+    monkeypatch.setattr(bot.test_history, "ARTIFACT_MAX_BYTES", 8 * 1024)
+    good = junit_xml([Case("test_ok"), Case("test_bad", "FAILED", error_details="boom")])
+    files = {
+        "reports/TEST-good.xml": good,
+        "reports/TEST-broken.xml": b"<testsuites><testsuite name='x'><testcase name='a'></testsuite>",
+        "reports/TEST-huge.xml": b"<testsuites>" + b" " * 20_000 + b"</testsuites>",
+        "reports/TEST-gone.xml": good,
+        "reports/TEST-html.xml": b"<html><body>Jenkins error page</body></html>",
+    }
+    jenkins.add_job("shop/api-build", {"DEPLOY": "yes"}, script=BuildScript(result="UNSTABLE", artifacts=files))
+    # Listed in the build's JSON, but gone when fetched (log rotation between the two requests).
+    jenkins.fail_next("/artifact/reports/TEST-gone.xml", status=404)
+    async with slack_ops(tmp_path, emu, **artifact_overrides(jenkins, "reports/**/TEST-*.xml")) as h:
+        await emu.send_command(h.url, "build api", user_id=ALICE)
+        await h.settle()
+        text = card_of(h, 1)
+        assert "unstable" in text  # the build's own result is untouched
+        assert "tests: 1 passed, 1 failed, 0 skipped" in text and "from 1 archived JUnit file" in text
+        assert "`reports/TEST-broken.xml` is not JUnit XML" in text
+        assert "`reports/TEST-html.xml` is not JUnit XML: its root element is &lt;html&gt;" in text  # as Slack shows <
+        assert "artifact `reports/TEST-huge.xml` of build #1 of job `shop/api-build` is 20,025 bytes" in text
+        assert "artifacts over 8 KiB are not downloaded" in text
+        assert "has no artifact `reports/TEST-gone.xml`" in text
+        assert text.count("its tests are not counted") == 4
+        stored = await h.services.store.read(lambda db: rows(db, "SELECT test_id, status FROM test_results"))
+        assert {(r["test_id"], r["status"]) for r in stored} == {
+            ("tests.test_app.test_ok", "passed"),
+            ("tests.test_app.test_bad", "failed"),
+        }
+        # The problems are kept with the build: the report shown later says the results are partial.
+        await emu.send_command(h.url, "test report api #1", user_id=ALICE)
+        await h.settle()
+        [report] = [m for m in emu.top_level("C0OPS") if m.text.startswith("❌ Tests of api #1")]
+        shown = json.dumps(report.blocks, ensure_ascii=False)
+        assert "1 passed, 1 failed, 0 skipped" in report.text
+        assert "`reports/TEST-broken.xml` is not JUnit XML" in shown and "TEST-gone.xml" in shown
+
+
+async def test_no_archived_report_and_no_plugin_says_why(
+    tmp_path: Path, emu: SlackEmulator, jenkins: JenkinsEmulator
+) -> None:
+    jenkins.add_job("shop/api-build", {"DEPLOY": "yes"}, script=BuildScript(artifacts={"target/api.jar": b"PK"}))
+    async with slack_ops(tmp_path, emu, **artifact_overrides(jenkins)) as h:
+        await emu.send_command(h.url, "build api", user_id=ALICE)
+        await h.settle()
+        text = card_of(h, 1)
+        assert "success" in text and "no test results" in text
+        assert f"api #1 archived no file matching `{SUREFIRE}` (only 1 other file)" in text
+        res = await emu.send_command(h.url, "test report api", user_id=ALICE)
+        assert "api #1 published no test results" in res.body_text and "archived no file matching" in res.body_text
+        assert await h.services.store.read(lambda db: rows(db, "SELECT * FROM test_results")) == []
+
+
+async def test_jenkins_failing_while_reading_results_leaves_the_build_card_whole(
+    tmp_path: Path, emu: SlackEmulator, jenkins: JenkinsEmulator
+) -> None:
+    files = surefire([Case("test_ok", class_name="shop.A", suite="shop.A")])
+    jenkins.add_job("shop/api-build", {"DEPLOY": "yes"}, script=BuildScript(artifacts=files))
+    jenkins.fail_next("/artifact/", status=500)  # the one report file, once
+    async with slack_ops(tmp_path, emu, **artifact_overrides(jenkins)) as h:
+        await emu.send_command(h.url, "build api", user_id=ALICE)
+        await h.settle()
+        text = card_of(h, 1)
+        assert "success" in text and "Re-run" in text and "*Tests:* no results" in text
+        assert "artifact `target/surefire-reports/TEST-shop.A.xml`" in text and "answered 500" in text
+        assert not [m.text for m in emu.messages("C0OPS") if "`build.watch`" in m.text]  # no job failure
+        [job] = await h.services.store.read(lambda db: rows(db, "SELECT state FROM jobs WHERE kind = 'build.watch'"))
+        assert job["state"] == "done"
+        # Jenkins answers again: the report reads the files now, and the old problem is not repeated.
+        res = await emu.send_command(h.url, "test report api", user_id=ALICE)
+        await h.settle()
+        assert "Posted the test report of api #1" in res.body_text
+        [report] = [m for m in emu.top_level("C0OPS") if m.text.startswith("✅ Tests of api #1")]
+        assert "1 passed, 0 failed, 0 skipped" in report.text and "⚠️" not in json.dumps(report.blocks)
+        res = await emu.send_command(h.url, "build status api", user_id=ALICE)
+        shown = json.dumps(res.json, ensure_ascii=False)
+        assert "tests: 1 passed, 0 failed, 0 skipped" in shown and "answered 500" not in shown
+
+
+def test_travis_builds_cannot_name_archived_junit_files() -> None:
+    from bot.config import parse_config
+    from bot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"services.web.build.junit_artifacts: .*Travis CI's API serves no build"):
+        parse_config(
+            {
+                "integrations": {"travis": {"token_env": "T"}},
+                "services": {"web": {"build": {"ci": "travis", "job": "shop/web", "junit_artifacts": "*.xml"}}},
+            }
+        )
