@@ -2,6 +2,7 @@
 
     python -m bench.servers bare              # aiohttp: read the body, answer 200 "ok"
     python -m bench.servers bolt API_URL      # minimal Bolt AsyncApp: `/ops` -> ack("ok")
+    python -m bench.servers hook              # aiohttp: parse an Alertmanager webhook body (bench.alerts)
     python -m bench.servers slack             # the in-repo Slack emulator (auth.test, users.info)
 
 Each binds 127.0.0.1 on a port the kernel picks, prints `ready PORT` on stdout once it listens, and
@@ -14,6 +15,7 @@ own work on the request.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -27,6 +29,7 @@ EVENTS_PATH = "/slack/events"
 SIGNING_SECRET = "bench-signing-secret"
 BOT_TOKEN = "xoxb-bench"
 SLASH_COMMAND = "/ops"
+HOOK_PATH = "/hooks/alertmanager"
 
 
 def bare_app() -> web.Application:
@@ -38,6 +41,18 @@ def bare_app() -> web.Application:
 
     app = web.Application()
     app.router.add_post(EVENTS_PATH, events)
+    return app
+
+
+def bare_hook_app() -> web.Application:
+    """The floor for webhooks (bench.alerts): read the body, parse the JSON, answer with the alert count."""
+
+    async def hook(request: web.Request) -> web.Response:
+        payload = json.loads(await request.read())
+        return web.json_response({"ok": True, "message": f"{len(payload['alerts'])} alerts"})
+
+    app = web.Application(client_max_size=1024 * 1024)  # opsloop's webhook body limit
+    app.router.add_post(HOOK_PATH, hook)
     return app
 
 
@@ -108,6 +123,7 @@ def main(argv: list[str]) -> int:
     kinds: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "bare": lambda: serve(bare_app()),
         "bolt": lambda: serve(bolt_app(argv[1])),
+        "hook": lambda: serve(bare_hook_app()),
         "slack": serve_slack,
     }
     if not argv or argv[0] not in kinds or (argv[0] == "bolt" and len(argv) < 2):

@@ -274,27 +274,57 @@ def detail(a: StoredAlert) -> v.Message:
     return v.Message(f"{a.name}: {a.summary[:150]}", (v.Section("\n".join(lines)),))
 
 
-def digest_card(channel: str, groups: Sequence[Group], alert_counts: dict[int, int], started: float) -> v.Message:
+@dataclass(frozen=True)
+class DigestSummary:
+    """What a storm digest shows, counted by SQLite: a digest may hold hundreds of groups, and it is
+    re-rendered on every delivery that touches one of them."""
+
+    groups: int
+    firing: int
+    alerts: int
+    by_severity: dict[str, int]
+    by_name: tuple[tuple[str, int], ...]  # the 8 most common titles, ties in the order the groups came
+    top: tuple[tuple[str, bool, int], ...]  # (title, firing, alerts) of the 5 biggest groups
+
+    @classmethod
+    def of(cls, db: Database, digest_id: int) -> DigestSummary:
+        # One pass, no JSON: each group's title, state, severity and its number of alerts (counted on
+        # the alerts_group index), in the order the groups came.
+        groups = db.execute(
+            "SELECT g.title, g.status = 'firing', g.severity,"
+            " (SELECT count(*) FROM alerts a WHERE a.group_id = g.id)"
+            " FROM alert_groups g WHERE g.digest_id = ? ORDER BY g.id",
+            (digest_id,),
+        ).fetchall()
+        by_severity = Counter(severity for _, _, severity, _ in groups)
+        by_name = Counter(title for title, _, _, _ in groups).most_common(8)
+        top = sorted(groups, key=lambda g: -g[3])[:5]
+        return cls(
+            groups=len(groups),
+            firing=sum(1 for g in groups if g[1]),
+            alerts=sum(g[3] for g in groups),
+            by_severity=dict(by_severity),
+            by_name=tuple(by_name),
+            top=tuple((title, bool(firing), n) for title, firing, _, n in top),
+        )
+
+
+def digest_card(channel: str, summary: DigestSummary, started: float) -> v.Message:
     """One card for a storm: counts by alert name and severity, and the biggest groups."""
-    by_sev = Counter(g.severity for g in groups)
-    by_name = Counter(g.title for g in groups)
-    firing = sum(1 for g in groups if g.firing)
-    total_alerts = sum(alert_counts.values())
-    head = f"🌩️ Alert storm in {channel}: {len(groups)} groups, {total_alerts} alerts"
-    sev = ", ".join(f"{_ICON.get(s, '')} {s} {n}" for s, n in sorted(by_sev.items(), key=lambda x: _RANK.get(x[0], 9)))
-    names = "\n".join(f"• {v.esc(n)} ×{c}" for n, c in by_name.most_common(8))
-    top = sorted(groups, key=lambda g: -alert_counts.get(g.id, 0))[:5]
-    tops = "\n".join(
-        f"• {'🔥' if g.firing else '✅'} {v.esc(g.title)} — {alert_counts.get(g.id, 0)} alerts" for g in top
+    head = f"🌩️ Alert storm in {channel}: {summary.groups} groups, {summary.alerts} alerts"
+    sev = ", ".join(
+        f"{_ICON.get(s, '')} {s} {n}" for s, n in sorted(summary.by_severity.items(), key=lambda x: _RANK.get(x[0], 9))
     )
+    names = "\n".join(f"• {v.esc(n)} ×{c}" for n, c in summary.by_name)
+    tops = "\n".join(f"• {'🔥' if firing else '✅'} {v.esc(title)} — {n} alerts" for title, firing, n in summary.top)
     return v.Message(
         head,
         (
             v.Header(head[:150]),
             v.Section(
                 fields=(
-                    ("Firing groups", str(firing)),
-                    ("Resolved groups", str(len(groups) - firing)),
+                    ("Firing groups", str(summary.firing)),
+                    ("Resolved groups", str(summary.groups - summary.firing)),
                     ("By severity", sev or "—"),
                     ("Since", iso(started)),
                 ),
@@ -348,17 +378,22 @@ class AlertPipeline:
         created: set[int] = set()
         changed_groups: set[int] = set()
         routes: dict[str, AlertRoute] = {}
+        # Looked up once per delivery, not once per alert (a delivery holds a whole group): the groups by
+        # key, the stored alerts by fingerprint, and the firings to count per group. Each is kept up to
+        # date below, so a later alert of the same delivery sees what an earlier one changed.
+        groups: dict[str, dict[str, Any] | None] = {}
+        known = self._stored(db, batch)
+        firings: dict[int, tuple[AlertRoute, int]] = {}
+        repeats: list[tuple[float, int]] = []
         for a in batch.alerts:
             gkey = f"{a.source}:{a.group_key}"
             labels = dict(a.labels)
             route = routes.get(gkey) or routes.setdefault(gkey, self.route(labels))
             visible = a.severity.rank <= Severity(route.min_severity).rank
-            g = one(db, "SELECT id, status FROM alert_groups WHERE key = ?", (gkey,))
-            prev = one(
-                db,
-                "SELECT id, status, group_id FROM alerts WHERE source = ? AND fingerprint = ?",
-                (a.source, a.fingerprint),
-            )
+            if gkey not in groups:
+                groups[gkey] = one(db, "SELECT id, status FROM alert_groups WHERE key = ?", (gkey,))
+            g = groups[gkey]
+            prev = known.get((a.source, a.fingerprint))
             if g is None and prev is None and a.status is AlertStatus.RESOLVED:
                 # Something ended that never began here (a recovery after a restart of the source, an
                 # event on a healthy object): Alertmanager sends nothing for such a group, nor do we.
@@ -366,6 +401,7 @@ class AlertPipeline:
             if g is None:
                 gid = self._new_group(db, a, gkey, route, batch, now, visible)
                 created.add(gid)
+                groups[gkey] = {"id": gid, "status": AlertStatus.FIRING.value}
             else:
                 gid = int(g["id"])
                 if g["status"] != AlertStatus.FIRING.value and a.status is AlertStatus.FIRING:
@@ -381,34 +417,35 @@ class AlertPipeline:
                 )
                 changed_groups.add(gid)
             status = a.status.value
-            row = (
-                a.source,
-                a.fingerprint,
-                gid,
-                status,
-                a.name,
-                a.severity.value,
-                json.dumps(labels),
-                json.dumps(dict(a.annotations)),
-                self.s.redactor.text(a.summary)[:2000],
-                a.value,
-                json.dumps([list(x) for x in a.links]),
-                a.generator_url,
-                _ts(a.starts_at),
-                _ts(a.ends_at),
-                now,
-                now,
-            )
             if prev is None:
                 cur = db.execute(
                     "INSERT INTO alerts (source, fingerprint, group_id, status, name, severity, labels, annotations,"
                     " summary, value, links, generator_url, starts_at, ends_at, first_seen, last_seen)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
+                    (
+                        a.source,
+                        a.fingerprint,
+                        gid,
+                        status,
+                        a.name,
+                        a.severity.value,
+                        json.dumps(labels),
+                        json.dumps(dict(a.annotations)),
+                        self.s.redactor.text(a.summary)[:2000],
+                        a.value,
+                        json.dumps([list(x) for x in a.links]),
+                        a.generator_url,
+                        _ts(a.starts_at),
+                        _ts(a.ends_at),
+                        now,
+                        now,
+                    ),
                 )
-                touched.setdefault(gid, set()).add(int(cur.lastrowid or 0))
+                alert_id = int(cur.lastrowid or 0)
+                known[(a.source, a.fingerprint)] = {"id": alert_id, "status": status, "group_id": gid}
+                touched.setdefault(gid, set()).add(alert_id)
                 if status == AlertStatus.FIRING.value:
-                    self._count_firing(db, gid, route, now)
+                    firings[gid] = (route, firings.get(gid, (route, 0))[1] + 1)
             elif prev["status"] != status or prev["group_id"] != gid:
                 db.execute(
                     "UPDATE alerts SET group_id = ?, status = ?, severity = ?, summary = ?, value = ?, ends_at = ?,"
@@ -417,7 +454,7 @@ class AlertPipeline:
                         gid,
                         status,
                         a.severity.value,
-                        row[8],
+                        self.s.redactor.text(a.summary)[:2000],
                         a.value,
                         _ts(a.ends_at),
                         _ts(a.starts_at),
@@ -426,19 +463,44 @@ class AlertPipeline:
                         prev["id"],
                     ),
                 )
+                known[(a.source, a.fingerprint)] = {**prev, "status": status, "group_id": gid}
                 changed_groups.add(gid)
                 if status == AlertStatus.FIRING.value:
                     touched.setdefault(gid, set()).add(int(prev["id"]))
-                    self._count_firing(db, gid, route, now)
+                    firings[gid] = (route, firings.get(gid, (route, 0))[1] + 1)
             else:
                 # A repeat notification: nothing to say, only that we heard it again.
-                db.execute("UPDATE alerts SET last_seen = ? WHERE id = ?", (now, prev["id"]))
+                repeats.append((now, prev["id"]))
+        if repeats:
+            db.conn.executemany("UPDATE alerts SET last_seen = ? WHERE id = ?", repeats)
+        for gid, (route, n) in firings.items():
+            self._count_firing(db, gid, route, now, n)
         if batch.truncated and batch.alerts:
             gkey = f"{batch.alerts[0].source}:{batch.alerts[0].group_key}"
             db.execute("UPDATE alert_groups SET truncated = ? WHERE key = ?", (batch.truncated, gkey))
         for gid in set(touched) | changed_groups | created:
             self._refresh_group(db, gid, now, new=gid in created, new_alerts=touched.get(gid, set()))
         return Ingested(len(batch.alerts), len(created), len(changed_groups - created))
+
+    @staticmethod
+    def _stored(db: Database, batch: AlertBatch) -> dict[tuple[str, str], dict[str, Any]]:
+        """The stored alerts of a delivery by (source, fingerprint), read in a few queries."""
+        fingerprints: dict[str, set[str]] = {}
+        for a in batch.alerts:
+            fingerprints.setdefault(a.source, set()).add(a.fingerprint)
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for source, fps in fingerprints.items():
+            ordered = sorted(fps)
+            for i in range(0, len(ordered), 500):  # well under SQLite's limit of bound parameters
+                chunk = ordered[i : i + 500]
+                for r in rows(
+                    db,
+                    "SELECT id, status, group_id, fingerprint FROM alerts WHERE source = ? AND fingerprint IN"
+                    f" ({', '.join('?' * len(chunk))})",
+                    (source, *chunk),
+                ):
+                    out[(source, r.pop("fingerprint"))] = r
+        return out
 
     def _new_group(
         self, db: Database, a: Alert, gkey: str, route: AlertRoute, batch: AlertBatch, now: float, visible: bool
@@ -496,17 +558,20 @@ class AlertPipeline:
             "release": detail.get("release"),
         }
 
-    def _count_firing(self, db: Database, gid: int, route: AlertRoute, now: float) -> None:
+    def _count_firing(self, db: Database, gid: int, route: AlertRoute, now: float, n: int = 1) -> None:
+        """Count `n` firings of a group (all of one delivery, so at the same `now`) for its route's
+        "only after N firings within M" rule; the group is shown once the count reaches N."""
         g = one(db, "SELECT fire_count, fire_window, shown, severity FROM alert_groups WHERE id = ?", (gid,))
         assert g is not None
         after = route.after
         if after is None or g["shown"]:
-            db.execute("UPDATE alert_groups SET fire_count = fire_count + 1 WHERE id = ?", (gid,))
+            db.execute("UPDATE alert_groups SET fire_count = fire_count + ? WHERE id = ?", (n, gid))
             return
         window = after.within.total_seconds()
-        count, start = int(g["fire_count"]) + 1, float(g["fire_window"] or now)
+        count, start = int(g["fire_count"]), float(g["fire_window"] or now)
         if now - start > window:
-            count, start = 1, now
+            count, start = 0, now
+        count += n
         show = count >= after.firings and Severity(g["severity"]).rank <= Severity(route.min_severity).rank
         db.execute(
             "UPDATE alert_groups SET fire_count = ?, fire_window = ?, shown = ? WHERE id = ?",
@@ -589,20 +654,9 @@ class AlertPipeline:
         digest_id = g.digest_id
         d = one(db, "SELECT * FROM alert_digests WHERE id = ?", (digest_id,))
         assert d is not None
-        groups = [_group(r) for r in rows(db, "SELECT * FROM alert_groups WHERE digest_id = ?", (digest_id,))]
-        counts = {
-            int(r["group_id"]): int(r["n"])
-            for r in rows(
-                db,
-                "SELECT group_id, count(*) AS n FROM alerts WHERE group_id IN"
-                " (SELECT id FROM alert_groups WHERE digest_id = ?) GROUP BY group_id",
-                (digest_id,),
-            )
-        }
         key = f"digest:{digest_id}"
-        self.s.post_in(
-            db, g.channel, digest_card(g.channel, groups, counts, d["started_at"]), key=key, dedupe=f"post:{key}"
-        )
+        summary = DigestSummary.of(db, int(d["id"]))
+        self.s.post_in(db, g.channel, digest_card(g.channel, summary, d["started_at"]), key=key, dedupe=f"post:{key}")
         # Each group keeps one line (with its buttons) in the digest's thread, edited in place.
         line = card(g, alerts, now=now, silence_hours=self.config.alerts.silence_hours)
         self.s.post_in(db, g.channel, line, key=g.card_key, thread_key=key, dedupe=f"post:{g.card_key}")

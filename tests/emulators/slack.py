@@ -8,6 +8,8 @@ bot talks to:
 * the raw upload route of the files v2 flow (``/upload/v1/<key>``);
 * ``response_url`` endpoints (``/commands/...`` and ``/actions/...``);
 * the Socket Mode websocket (``/link``), reached through ``apps.connections.open``;
+* incoming webhooks (``/services/<team>/<bot>/<secret>``, made with ``add_incoming_webhook``), as
+  Alertmanager's ``slack_configs`` and other tools post to them;
 * the *sender* side of HTTP mode: it builds, signs and POSTs slash commands, interactivity
   payloads and events to the bot's ``/slack/events`` URL.
 
@@ -43,6 +45,13 @@ purpose, tests rely on them):
 * The rate-limit buckets, trigger lifetimes, response_url ages, fault windows and ``Call.at``
   use ``emu.clock`` (``time.monotonic`` unless replaced); request signing uses ``time.time()``.
 * ``rate_limited_count`` counts every 429 answered, including injected ones.
+* Incoming webhooks answer like Slack's: 200 ``text/plain`` ``ok``; plain-text errors
+  (400 ``invalid_payload`` / ``no_text`` / ``invalid_blocks``, 404 ``no_service`` for an unknown URL).
+  The URL fixes the channel: the body's ``channel``, ``username`` and icon fields are ignored, as
+  for app webhooks. A webhook post is a message post: it takes a token from the same per-channel
+  bucket as ``chat.postMessage`` (1/s with a burst) and answers 429 ``rate_limited`` with
+  ``Retry-After`` when it is empty. Recorded in ``calls`` as method ``"incoming-webhook"`` (fault
+  injection and ``slow`` accept that name too).
 * Socket Mode: ``/link`` URLs from ``apps.connections.open`` carry a single-use ticket; an unknown
   ticket is refused (HTTP 401), a URL without a ticket is accepted (tests may point a client at
   ``ws://127.0.0.1:PORT/link`` directly, as Bolt's own tests do).
@@ -69,7 +78,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
@@ -930,6 +939,7 @@ class SlackEmulator:
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._uploads: dict[str, _PendingUpload] = {}
         self._upload_keys: dict[str, str] = {}
+        self._incoming_webhooks: dict[str, str] = {}  # URL path -> channel id
         self.last_trigger_id: str | None = None
         self.last_response_url: str | None = None
 
@@ -979,6 +989,7 @@ class SlackEmulator:
         app.router.add_route("POST", "/upload/v1/{key}", self._handle_upload)
         app.router.add_route("POST", "/commands/{team}/{n}/{token}", self._handle_response_url)
         app.router.add_route("POST", "/actions/{team}/{n}/{token}", self._handle_response_url)
+        app.router.add_route("POST", "/services/{team}/{bot}/{secret}", self._handle_incoming_webhook)
         app.router.add_route("GET", "/link", self._handle_link)
         app.router.add_route("GET", "/link/", self._handle_link)
         app.router.add_route("*", r"/{method:[A-Za-z]+\.[A-Za-z.]+}", self._handle_api)
@@ -1093,6 +1104,13 @@ class SlackEmulator:
             del self._buckets[key]
 
     # ------------------------------------------------------------------ observed state
+
+    def add_incoming_webhook(self, channel: str) -> str:
+        """A new incoming-webhook URL that posts into ``channel`` (an id or ``#name``); see the module docstring."""
+        ch = self._channel_ref(channel)
+        path = f"/services/{self.team_id}/B{next(self._ids):08d}/{secrets.token_hex(12)}"
+        self._incoming_webhooks[path] = ch.id
+        return f"{self.base_url}{path}"
 
     def _channel_ref(self, channel: str) -> _Channel:
         ch = self._lookup_channel(channel)
@@ -1244,8 +1262,7 @@ class SlackEmulator:
         if method == "chat.postMessage":
             ref = args.s("channel") or ""
             ch = self._lookup_channel(ref)
-            key = f"chat.postMessage:{ch.id if ch else ref}"
-            rate, burst = self.post_rate_per_channel, float(self.post_burst)
+            return self._post_rate_check(ch.id if ch else ref)
         elif method in self._limit_overrides:
             key = method
             rate, burst = self._limit_overrides[method]
@@ -1262,6 +1279,21 @@ class SlackEmulator:
         if wait is None:
             return None
         return max(1, math.ceil(wait))
+
+    def _post_rate_check(self, channel_id: str) -> int | None:
+        """Retry-After seconds when the channel's message bucket (chat.postMessage and webhooks) is empty."""
+        if not self.enforce_rate_limits:
+            return None
+        now = self.clock()
+        key = f"chat.postMessage:{channel_id}"
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            burst = float(self.post_burst)
+            bucket = self._buckets[key] = _Bucket(
+                capacity=burst, rate=self.post_rate_per_channel, tokens=burst, updated=now
+            )
+        wait = bucket.take(now)
+        return None if wait is None else max(1, math.ceil(wait))
 
     # ------------------------------------------------------------------ ids and clocks
 
@@ -2048,6 +2080,61 @@ class SlackEmulator:
         return {"view": copy.deepcopy(stored)}
 
     # ------------------------------------------------------------------ response_url
+
+    async def _handle_incoming_webhook(self, request: web.Request) -> web.StreamResponse:
+        method = "incoming-webhook"
+        raw = await request.text()
+        params: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        slow = self._take_slow(method)
+        if slow is not None:
+            await asyncio.sleep(slow.seconds)
+        try:
+            status, text = self._incoming_webhook(request, raw, params, headers)
+        except Exception as exc:  # an emulator bug: make it loud
+            self.server_errors.append(f"{method}: {exc!r}")
+            status, text = 500, "emulator_error"
+        ok = status == 200
+        self.calls.append(
+            Call(method, params, status, None if ok else text, self.clock(), {"ok": ok} if ok else {"ok": False})
+        )
+        return web.Response(status=status, text=text, headers=headers)
+
+    def _incoming_webhook(
+        self, request: web.Request, raw: str, params: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, str]:
+        fault = self._take_fault("incoming-webhook")
+        if fault is not None:
+            if fault.status == 429:
+                self.rate_limited_count += 1
+                headers["Retry-After"] = str(fault.retry_after if fault.retry_after is not None else 1)
+                return 429, "rate_limited"
+            return fault.status, fault.error
+        channel_id = self._incoming_webhooks.get(request.path)
+        if channel_id is None:
+            return 404, "no_service"
+        if request.content_type == "application/x-www-form-urlencoded":
+            raw = (parse_qs(raw).get("payload") or [""])[0]
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return 400, "invalid_payload"
+        if not isinstance(body, dict):
+            return 400, "invalid_payload"
+        params.update(body, channel=channel_id)
+        retry_after = self._post_rate_check(channel_id)
+        if retry_after is not None:
+            self.rate_limited_count += 1
+            headers["Retry-After"] = str(retry_after)
+            return 429, "rate_limited"
+        ch = self._channels[channel_id]
+        try:
+            text, blocks, attachments = self._message_content(body)
+            thread_ts = self._resolve_thread(ch, body.get("thread_ts") or None)
+        except SlackError as e:
+            return (404 if e.error == "thread_not_found" else 400), e.error
+        self._bot_message(ch, (text or "")[:40_000], blocks, attachments, thread_ts)
+        return 200, "ok"
 
     async def _handle_response_url(self, request: web.Request) -> web.StreamResponse:
         url = str(request.url)

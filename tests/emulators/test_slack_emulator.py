@@ -476,6 +476,32 @@ async def test_post_rate_limit_429_with_retry_after(emu: SlackEmulator) -> None:
 
 
 @pytest.mark.asyncio
+async def test_incoming_webhook_posts_into_its_channel_within_the_channel_rate_limit(emu: SlackEmulator) -> None:
+    emu.clock = FakeClock()  # frozen: the burst never refills
+    url = emu.add_incoming_webhook("#ops")
+    hook = AsyncWebhookClient(url)
+    # Alertmanager's slack_configs body: the channel and username in it are ignored, the URL decides.
+    r = await hook.send_dict(
+        {"channel": "#elsewhere", "username": "Alertmanager", "attachments": [{"title": "Disk full", "text": "n1"}]}
+    )
+    assert (r.status_code, r.body) == (200, "ok")
+    [msg] = emu.messages("C0OPS")
+    assert msg.attachments == [{"title": "Disk full", "text": "n1"}] and msg.bot_id == emu.bot_id
+    assert (await hook.send(text="")).body == "no_text"
+    assert (await AsyncWebhookClient(url + "x").send(text="hi")).status_code == 404
+    async with aiohttp.ClientSession() as s, s.post(url, data="{", headers={"Content-Type": "application/json"}) as bad:
+        assert (bad.status, await bad.text()) == (400, "invalid_payload")
+    # Webhook posts and chat.postMessage share the channel's bucket (burst 5); like a chat.postMessage
+    # refused for its content, the no_text post took a token too.
+    await client_for(emu).chat_postMessage(channel="C0OPS", text="api")
+    statuses = [(await hook.send(text=f"m{i}")).status_code for i in range(3)]
+    assert statuses == [200, 200, 429]
+    limited = emu.calls_to("incoming-webhook")[-1]
+    assert (limited.status, limited.error, limited.params["text"]) == (429, "rate_limited", "m2")
+    assert emu.rate_limited_count == 1 and len(emu.messages("C0OPS")) == 4
+
+
+@pytest.mark.asyncio
 async def test_rate_limit_recovered_by_retry_handler() -> None:
     async with SlackEmulator(post_burst=1) as emu:
         emu.add_channel("C0OPS", "ops")
