@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 QUERY_TOKEN_SOURCES = frozenset({"splunk"})
+# What Slack sends: slash commands and interactivity as a form, the Events API as JSON.
+SLACK_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "application/json"})
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
 
 
 class HookRejected(Exception):
@@ -56,6 +64,14 @@ def build_web_app(
     if bolt is not None:
 
         async def slack_events(request: web.Request) -> web.Response:
+            # Bolt would parse any body as a form and verifies only the signature, so a signed body of
+            # a type Slack never sends would reach the listeners; and a timestamp that is not a number
+            # makes its verifier raise (a 500) instead of refusing.
+            if request.content_type not in SLACK_CONTENT_TYPES:
+                return _text(415, f"Slack sends forms or JSON, not {request.content_type}")
+            stamp = request.headers.get("X-Slack-Request-Timestamp")
+            if stamp is not None and not (stamp.isascii() and stamp.isdigit()):
+                return _text(401, "the request timestamp is not a number")
             try:
                 bolt_req = await to_bolt_request(request)
             except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
@@ -105,6 +121,10 @@ def build_web_app(
         if not given or not hmac.compare_digest(given.encode(), webhook_token.encode()):
             metrics.hooks.labels(source=source, status="401").inc()
             return _text(401, "missing or wrong token: send `Authorization: Bearer <OPSLOOP_WEBHOOK_TOKEN>`")
+        if "Content-Type" in request.headers and not _is_json_type(request.content_type):
+            # Every source posts JSON; a form or a text body would reach the parser by accident.
+            metrics.hooks.labels(source=source, status="415").inc()
+            return _text(415, f"send the body as JSON (`Content-Type: application/json`), not {request.content_type}")
         if request.content_length is not None and request.content_length > MAX_BODY:
             metrics.hooks.labels(source=source, status="413").inc()
             return _text(413, f"body of {request.content_length} bytes is over the {MAX_BODY} byte limit")
