@@ -6,14 +6,28 @@ is created on first sight with a channel from the routes; the group's card is po
 only edited (firing, more alerts, resolved, silenced, acknowledged), with one thread message per alert
 the first time it fires. Noise control: a route's minimum severity, "only after N firings within M",
 snooze, and storm mode: when a channel receives more new groups per minute than configured, new groups
-join one digest card (counts by alert name and severity, top groups) and get a line each in its thread
-instead of their own cards. Nothing is dropped: every alert is reachable from a card or a thread.
+join one digest card (counts by alert name and severity, top groups) instead of getting their own cards.
+Nothing is dropped: every alert is reachable from a card or a thread.
+
+A digest's thread holds *pages* of PAGE_GROUPS groups each (in the order the groups came): per group its
+state, its counts, one line per alert (the labels that tell its alerts apart, and the summary) and the
+group's own buttons. A storm of 300 groups is 30 thread posts, then edits; one post per group would queue
+for minutes behind Slack's one message per second per channel, while edits (chat.update) have their own,
+larger budget and coalesce (the outbox keeps only the newest pending edit of a message). A page stays
+under Slack's block-character ceiling: each group has GROUP_CHARS on it, and alerts that do not fit go
+to the group's overflow messages in the same thread, so every alert stays visible. Pages are rendered
+off the delivery's write: a delivery only marks its groups dirty, and the pipeline renders each dirty
+digest (header and touched pages) at most once per DIGEST_REFRESH, so a storm costs a page render per
+second, not one per delivery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +46,20 @@ from bot.store import one, rows
 if TYPE_CHECKING:
     from bot.context import Services
 
+log = logging.getLogger(__name__)
+
 _RANK = {s.value: s.rank for s in Severity}
 _ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 DETAILS_IN_CARD = 8
 STORM_WINDOW = 60.0
 DIGEST_IDLE = 300.0  # a digest stays open this long after its last group
+PAGE_GROUPS = 10  # groups per page of a digest's thread
+# Slack refuses a message over about 13.2k block characters (msg_blocks_too_long, below every documented
+# per-block limit): a page keeps its text under PAGE_CHARS, GROUP_CHARS per group, buttons aside.
+PAGE_CHARS = 10_000
+GROUP_CHARS = PAGE_CHARS // PAGE_GROUPS
+SECTION_CHARS = 2_900  # a section's text is at most 3000 characters
+DIGEST_REFRESH = 1.0  # seconds between two renders of the dirty pages
 
 
 @dataclass(frozen=True)
@@ -331,9 +354,128 @@ def digest_card(channel: str, summary: DigestSummary, started: float) -> v.Messa
             ),
             v.Section(f"*By alert*\n{names}"),
             v.Section(f"*Biggest groups*\n{tops}"),
-            v.Context(("One line per group in the thread; each keeps its own buttons there.",)),
+            v.Context(
+                (
+                    f"Every group is in the thread, {PAGE_GROUPS} to a page: its alerts by the labels that tell"
+                    " them apart, and its own buttons.",
+                )
+            ),
         ),
     )
+
+
+def telling_labels(alerts: Sequence[StoredAlert], group_labels: dict[str, str]) -> list[str]:
+    """The label names that tell a group's alerts apart (those whose values differ); for a single alert,
+    its labels other than the group's own and its name and severity."""
+    if len(alerts) > 1:
+        keys = set().union(*(a.labels for a in alerts))
+        return sorted(k for k in keys if len({a.labels.get(k) for a in alerts}) > 1)
+    skip = {*group_labels, "alertname", "severity"}
+    return sorted(k for a in alerts for k in a.labels if k not in skip)
+
+
+def alert_line(a: StoredAlert, keys: Sequence[str]) -> str:
+    """One alert on a digest page: state, the labels that identify it, its summary."""
+    mark = "🔥" if a.status == AlertStatus.FIRING.value else "✅"
+    labels = " ".join(f"{k}={a.labels[k]}" for k in keys if k in a.labels)[:100]
+    ident = f"`{v.esc(labels)}` " if labels else ""
+    return f"{mark} {ident}{v.esc(a.summary[:120]) or v.esc(a.name)}"
+
+
+def _fit(lines: Sequence[str], budget: int) -> int:
+    """How many of `lines` fit in `budget` characters, newlines included."""
+    used = 0
+    for n, line in enumerate(lines):
+        used += len(line) + 1
+        if used > budget:
+            return n
+    return len(lines)
+
+
+def page_group(
+    g: Group, alerts: Sequence[StoredAlert], *, now: float, silence_hours: Sequence[int]
+) -> tuple[list[v.Block], list[str]]:
+    """A group on a digest page (its section and its buttons, at most GROUP_CHARS of text), and the
+    lines of the alerts that did not fit, for its overflow messages."""
+    n_firing = sum(1 for a in alerts if a.status == AlertStatus.FIRING.value)
+    state = f"{_ICON.get(g.severity, '🔥')} FIRING" if g.firing else "✅ RESOLVED"
+    head = (
+        f"{state}: *{v.esc(g.title)}* · {g.severity} · {n_firing} firing, {len(alerts) - n_firing} resolved"
+        f" · group `{g.id}`"
+    )
+    notes = []
+    if g.silence_id and g.silence_until and g.silence_until > now:
+        notes.append(f"🔕 silenced by <@{g.silenced_by}>")
+    if g.acked_by:
+        notes.append(f"👀 <@{g.acked_by}>" if g.acked_by.startswith(("U", "W")) else f"👀 {v.esc(g.acked_by)}")
+    if g.snoozed_until and g.snoozed_until > now:
+        notes.append(f"💤 until {iso(g.snoozed_until)}")
+    if g.ticket:
+        notes.append(f"🎫 {v.esc(g.ticket)}")
+    if g.truncated:
+        notes.append(f"the source left out {g.truncated} alerts")
+    if notes:
+        head += " · " + " · ".join(notes)
+    keys = telling_labels(alerts, g.labels)
+    lines = [alert_line(a, keys) for a in alerts]
+    more_note = "…and {} more in the messages below this page"
+    room = GROUP_CHARS - len(head) - 1
+    fit = _fit(lines, room)
+    if fit < len(lines):
+        fit = _fit(lines, room - len(more_note) - 8)
+    body = [head, *lines[:fit]]
+    if fit < len(lines):
+        body.append(more_note.format(len(lines) - fit))
+    blocks: list[v.Block] = [v.Section("\n".join(body))]
+    runbook = next((a.annotations.get("runbook_url") for a in alerts if a.annotations.get("runbook_url")), None)
+    has_query = any(a.generator_url and "g0.expr=" in a.generator_url for a in alerts)
+    buttons = alert_buttons(g, silence_hours, runbook, has_query)
+    if buttons:
+        blocks.append(v.Actions(tuple(buttons)))
+    return blocks, lines[fit:]
+
+
+def digest_page(
+    page: int, groups: Sequence[tuple[Group, Sequence[StoredAlert]]], *, now: float, silence_hours: Sequence[int]
+) -> tuple[v.Message, dict[int, list[str]]]:
+    """Page `page` (from 0) of a digest's thread, and the overflow lines per group id.
+
+    Each group keeps its buttons on the page: a page of PAGE_GROUPS groups is 1 + 2 * PAGE_GROUPS blocks
+    (a section and an actions row each), well under Slack's 50, and the router strips the `~n` suffix
+    that makes the repeated action ids unique within the message."""
+    first = page * PAGE_GROUPS + 1
+    head = f"Storm page {page + 1}: groups {first}–{first + len(groups) - 1}"
+    blocks: list[v.Block] = [v.Context((head,))]
+    overflow: dict[int, list[str]] = {}
+    for g, alerts in groups:
+        part, rest = page_group(g, alerts, now=now, silence_hours=silence_hours)
+        blocks.extend(part)
+        if rest:
+            overflow[g.id] = rest
+    firing = sum(1 for g, _ in groups if g.firing)
+    return v.Message(f"{head} ({firing} firing)", tuple(blocks)), overflow
+
+
+def overflow_messages(g: Group, lines: Sequence[str]) -> list[v.Message]:
+    """The alerts of a group that its page had no room for: sections of at most SECTION_CHARS, messages
+    of at most PAGE_CHARS."""
+    head = f"More alerts of *{v.esc(g.title)}* (group `{g.id}`)"
+    messages: list[v.Message] = []
+    sections: list[v.Block] = []
+    used = len(head)
+    i = 0
+    while i < len(lines):
+        n = max(1, _fit(lines[i:], SECTION_CHARS))
+        chunk = "\n".join(lines[i : i + n])
+        if sections and used + len(chunk) > PAGE_CHARS:
+            messages.append(v.Message(f"More alerts of {g.title}", (v.Section(head), *sections)))
+            sections, used = [], len(head)
+        sections.append(v.Section(chunk))
+        used += len(chunk)
+        i += n
+    if sections:
+        messages.append(v.Message(f"More alerts of {g.title}", (v.Section(head), *sections)))
+    return messages
 
 
 class AlertPipeline:
@@ -341,6 +483,13 @@ class AlertPipeline:
 
     def __init__(self, services: Services) -> None:
         self.s = services
+        # digest id -> group ids whose page needs a new render. Only the store's writer thread touches
+        # it (the deliveries' writes mark, the render's write takes); the loop only asks if it is empty.
+        self._dirty: dict[int, set[int]] = {}
+        self._rendered_all = False  # the first render after a start redoes whole digests (a crash may
+        # have lost marks)
+        self._render_task: asyncio.Task[None] | None = None
+        self._last_render = 0.0
 
     @property
     def config(self) -> Config:
@@ -371,7 +520,36 @@ class AlertPipeline:
         now = self.s.clock.now()
         result = await self.s.store.write(lambda db: self._ingest(db, batch, now))
         self.s.outbox.kick()
+        self._schedule_render()
         return result
+
+    def _schedule_render(self) -> None:
+        """Render the dirty digest pages soon: now if the last render is DIGEST_REFRESH old, else then."""
+        if not self._dirty or self._render_task is not None:
+            return
+        delay = max(0.0, self._last_render + DIGEST_REFRESH - time.monotonic())
+        self._render_task = asyncio.create_task(self._render_later(delay), name="alerts-digest-render")
+        self.s.outbox.track(self._render_task)
+
+    async def _render_later(self, delay: float) -> None:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._last_render = time.monotonic()
+            self._render_task = None  # marks made from here on get a render of their own
+            await self.s.store.write(self._render_digests)
+            self.s.outbox.kick()
+        except Exception:
+            log.exception("rendering storm digests failed; the next delivery retries")
+        finally:
+            if self._render_task is not None and self._render_task is asyncio.current_task():
+                self._render_task = None
+        self._schedule_render()
+
+    async def render_now(self) -> None:
+        """Render every dirty digest page now (shutdown, tests)."""
+        await self.s.store.write(self._render_digests)
+        self.s.outbox.kick()
 
     def _ingest(self, db: Database, batch: AlertBatch, now: float) -> Ingested:
         touched: dict[int, set[int]] = {}  # group id -> alert ids new to it or changed
@@ -601,17 +779,17 @@ class AlertPipeline:
     def _refresh_group(self, db: Database, gid: int, now: float, *, new: bool, new_alerts: set[int]) -> None:
         gr = one(db, "SELECT * FROM alert_groups WHERE id = ?", (gid,))
         assert gr is not None
-        alerts = [
-            _alert(r)
-            for r in rows(db, "SELECT * FROM alerts WHERE group_id = ? ORDER BY status = 'firing' DESC, id", (gid,))
+        # The group's state needs only the severities that fire (on the alerts_group index, no JSON);
+        # the alerts themselves are read only when a card is drawn.
+        severities = [
+            r[0]
+            for r in db.execute(
+                "SELECT DISTINCT severity FROM alerts WHERE group_id = ? AND status = 'firing'", (gid,)
+            ).fetchall()
         ]
-        firing = any(a.status == AlertStatus.FIRING.value for a in alerts)
+        firing = bool(severities)
         status = AlertStatus.FIRING.value if firing else AlertStatus.RESOLVED.value
-        severity = min(
-            (a.severity for a in alerts if a.status == AlertStatus.FIRING.value),
-            key=lambda s: _RANK.get(s, 9),
-            default=gr["severity"],
-        )
+        severity = min(severities, key=lambda s: _RANK.get(s, 9), default=gr["severity"])
         resolved_at = None if firing else (gr["resolved_at"] or now)
         if (status, severity, resolved_at) != (gr["status"], gr["severity"], gr["resolved_at"]):
             db.execute(
@@ -620,25 +798,27 @@ class AlertPipeline:
             )
             if status != gr["status"]:
                 self._event(db, gr, "alert.resolved" if status == "resolved" else "alert.fired", now)
-            gr = one(db, "SELECT * FROM alert_groups WHERE id = ?", (gid,))
-            assert gr is not None
+            gr = {**gr, "status": status, "severity": severity, "resolved_at": resolved_at, "last_change": now}
         if new and gr["status"] == "firing":
             self._event(db, gr, "alert.fired", now)
-        g = _group(gr)
-        if not g.shown:
+        if not gr["shown"]:
             return  # below the route's bar (severity, firings): stored, listed by `alerts`, no card
-        if g.digest_id is None and new:
-            digest = self._digest_for(db, g.channel, now)
+        if gr["digest_id"] is None and new:
+            digest = self._digest_for(db, gr["channel"], now)
             if digest is not None:
                 db.execute("UPDATE alert_groups SET digest_id = ? WHERE id = ?", (digest, gid))
-                g = _group({**gr, "digest_id": digest})
-        snoozed = bool(g.snoozed_until and g.snoozed_until > now)
-        if g.digest_id is not None:
-            self._refresh_digest(db, g, alerts, now)
+                gr = {**gr, "digest_id": digest}
+        if gr["digest_id"] is not None:
+            self._dirty.setdefault(int(gr["digest_id"]), set()).add(gid)
             return
+        g = _group(gr)
+        alerts = [
+            _alert(r)
+            for r in rows(db, "SELECT * FROM alerts WHERE group_id = ? ORDER BY status = 'firing' DESC, id", (gid,))
+        ]
         message = card(g, alerts, now=now, silence_hours=self.config.alerts.silence_hours)
         self.s.post_in(db, g.channel, message, key=g.card_key, dedupe=f"post:{g.card_key}")
-        if snoozed:
+        if g.snoozed_until and g.snoozed_until > now:
             return
         for a in alerts:
             if a.id in new_alerts:
@@ -650,16 +830,62 @@ class AlertPipeline:
                     dedupe=f"alert:{a.source}:{a.fingerprint}:{a.starts_at}",
                 )
 
-    def _refresh_digest(self, db: Database, g: Group, alerts: Sequence[StoredAlert], now: float) -> None:
-        digest_id = g.digest_id
-        d = one(db, "SELECT * FROM alert_digests WHERE id = ?", (digest_id,))
-        assert d is not None
-        key = f"digest:{digest_id}"
-        summary = DigestSummary.of(db, int(d["id"]))
-        self.s.post_in(db, g.channel, digest_card(g.channel, summary, d["started_at"]), key=key, dedupe=f"post:{key}")
-        # Each group keeps one line (with its buttons) in the digest's thread, edited in place.
-        line = card(g, alerts, now=now, silence_hours=self.config.alerts.silence_hours)
-        self.s.post_in(db, g.channel, line, key=g.card_key, thread_key=key, dedupe=f"post:{g.card_key}")
+    def _render_digests(self, db: Database) -> None:
+        """Render the dirty digests (in the writer): each one's card and the pages of its dirty groups."""
+        dirty, self._dirty = self._dirty, {}
+        whole = not self._rendered_all
+        try:
+            self._render(db, dirty, whole)
+        except BaseException:
+            for digest_id, gids in dirty.items():  # the write is rolled back: the marks stay for next time
+                self._dirty.setdefault(digest_id, set()).update(gids)
+            raise
+        self._rendered_all = True
+
+    def _render(self, db: Database, dirty: dict[int, set[int]], whole: bool) -> None:
+        now = self.s.clock.now()
+        for digest_id, gids in sorted(dirty.items()):
+            d = one(db, "SELECT * FROM alert_digests WHERE id = ?", (digest_id,))
+            if d is None:  # its write was rolled back
+                continue
+            channel, key = d["channel"], f"digest:{digest_id}"
+            summary = DigestSummary.of(db, digest_id)
+            self.s.post_in(db, channel, digest_card(channel, summary, d["started_at"]), key=key, dedupe=f"post:{key}")
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM alert_groups WHERE digest_id = ? ORDER BY id", (digest_id,)
+                ).fetchall()
+            ]
+            position = {gid: i for i, gid in enumerate(ids)}
+            pages = (
+                range((len(ids) + PAGE_GROUPS - 1) // PAGE_GROUPS)
+                if whole
+                else sorted({position[g] // PAGE_GROUPS for g in gids if g in position})
+            )
+            for page in pages:
+                self._render_page(db, channel, key, page, ids[page * PAGE_GROUPS : (page + 1) * PAGE_GROUPS], now)
+
+    def _render_page(self, db: Database, channel: str, key: str, page: int, ids: Sequence[int], now: float) -> None:
+        marks = ", ".join("?" * len(ids))
+        groups = [
+            _group(r) for r in rows(db, f"SELECT * FROM alert_groups WHERE id IN ({marks}) ORDER BY id", list(ids))
+        ]
+        by_group: dict[int, list[StoredAlert]] = {gid: [] for gid in ids}
+        for r in rows(db, f"SELECT * FROM alerts WHERE group_id IN ({marks}) ORDER BY id", list(ids)):
+            by_group[r["group_id"]].append(_alert(r))
+        message, overflow = digest_page(
+            page,
+            [(g, by_group[g.id]) for g in groups],
+            now=now,
+            silence_hours=self.config.alerts.silence_hours,
+        )
+        page_key = f"{key}:page:{page + 1}"
+        self.s.post_in(db, channel, message, key=page_key, thread_key=key, dedupe=f"post:{page_key}")
+        for g in groups:
+            for n, more in enumerate(overflow_messages(g, overflow.get(g.id, ())), start=1):
+                more_key = f"{g.card_key}:more:{n}"
+                self.s.post_in(db, channel, more, key=more_key, thread_key=key, dedupe=f"post:{more_key}")
 
     def _event(self, db: Database, gr: dict[str, Any], kind: str, now: float) -> None:
         db.execute(
@@ -728,6 +954,7 @@ class AlertPipeline:
 
         g = await self.s.store.write(tx)
         self.s.outbox.kick()
+        self._schedule_render()
         return g
 
     async def firing(self, limit: int = 200) -> list[tuple[Group, list[StoredAlert]]]:

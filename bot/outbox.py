@@ -172,6 +172,7 @@ class Outbox:
         self._idle = asyncio.Event()
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._producers: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
         self.on_posted: list[Callable[[MessageRef], Awaitable[None]]] = []
@@ -316,6 +317,11 @@ class Outbox:
         r = await self._store.read(lambda db: one(db, "SELECT * FROM message_refs WHERE key = ?", (key,)))
         return MessageRef(r["key"], r["channel"], r["ts"]) if r else None
 
+    def track(self, task: asyncio.Task[None]) -> None:
+        """A task that will queue rows soon (a deferred render): `drain` and `stop` wait for it."""
+        self._producers.add(task)
+        task.add_done_callback(self._producers.discard)
+
     def kick(self) -> None:
         """Tell the worker there is something new."""
         self._idle.clear()
@@ -331,6 +337,8 @@ class Outbox:
 
     async def stop(self) -> None:
         """Stop the worker; in-flight deliveries finish, the rest waits in the table for next time."""
+        if self._producers:  # their rows are part of what was promised before the stop
+            await asyncio.wait(set(self._producers), timeout=10)
         self._stopping = True
         self._wake.set()
         if self._runner:
@@ -344,7 +352,10 @@ class Outbox:
         self.kick()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if await self.depth() == 0 and not self._tasks:
+            if self._producers:
+                await asyncio.wait(set(self._producers), timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            if await self.depth() == 0 and not self._tasks and not self._producers:
                 return True
             self._idle.clear()
             try:

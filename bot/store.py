@@ -431,3 +431,58 @@ def m006_sent_hash(db: Database) -> None:
     # What Slack shows for a message now, so an edit that changes nothing is not sent.
     db.execute("ALTER TABLE message_refs ADD COLUMN sent_hash TEXT")
     db.execute("CREATE INDEX outbox_sent ON outbox(state, sent_at)")
+
+
+@MIGRATIONS()
+def m007_alert_digest_pages(db: Database) -> None:
+    # A storm digest lists its groups by id, page by page, on every render.
+    db.execute("CREATE INDEX alert_groups_digest ON alert_groups(digest_id, id)")
+
+
+@MIGRATIONS()
+def m008_dora(db: Database) -> None:
+    # `/ops dora` over a year reads only these (bot/dora.py): production rollouts with their detail (a
+    # covering partial index: the events rows are never read), the outcome of their releases (the rows
+    # hold the changelog before bake_until), critical alert groups by time, and the commit dates of
+    # each release, kept by triggers so a year of changelog JSON is not parsed on every question.
+    db.execute("CREATE INDEX events_rollouts ON events(kind, env, at, service, detail) WHERE kind = 'deploy.finished'")
+    db.execute("CREATE INDEX releases_outcome ON releases(id, state, bake_until)")
+    db.execute("CREATE INDEX alert_groups_critical ON alert_groups(severity, first_seen, service, env)")
+    # The commit times of each release in changelog order, as a JSON array, kept by triggers so that a
+    # year of changelog JSON is not parsed again on every question: integer microseconds since the epoch
+    # where SQLite converts the date exactly (the UTC form isoformat() writes, a date that survives a round
+    # trip), else the date as written, for bot/dora.py to parse.
+    db.execute("CREATE TABLE release_commits (release INTEGER PRIMARY KEY, times TEXT NOT NULL)")
+    date = "json_extract(j.value, '$.date')"
+    us = (
+        f"CASE WHEN json_type(j.value, '$.date') = 'text' AND substr({date}, 1, 19) GLOB"
+        " '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]'"
+        f" AND (substr({date}, 20) = '+00:00' OR substr({date}, 20) GLOB '.[0-9][0-9][0-9][0-9][0-9][0-9]+00:00')"
+        f" AND substr({date}, 1, 4) > '0000'"
+        f" AND strftime('%Y-%m-%dT%H:%M:%S', substr({date}, 1, 19)) = substr({date}, 1, 19)"
+        f" THEN unixepoch(substr({date}, 1, 19)) * 1000000"
+        f" + iif(length({date}) = 32, CAST(substr({date}, 21, 6) AS INTEGER), 0) ELSE CAST({date} AS TEXT) END"
+    )
+
+    def times(release: str, changelog: str, source: str = "") -> str:
+        # An aggregate over json_each without GROUP BY takes the commits in changelog order.
+        valid = f"iif(json_valid({changelog}) AND json_type({changelog}) = 'array', {changelog}, '[]')"
+        return (
+            f"INSERT OR REPLACE INTO release_commits (release, times) SELECT {release}, (SELECT json_group_array({us})"
+            f" FROM json_each({valid}) AS j WHERE j.type = 'object' AND json_type(j.value, '$.date') IS NOT NULL)"
+            f"{source}"
+        )
+
+    db.execute(
+        "CREATE TRIGGER release_commits_insert AFTER INSERT ON releases BEGIN"
+        f" DELETE FROM release_commits WHERE release = NEW.id; {times('NEW.id', 'NEW.changelog')}; END"
+    )
+    db.execute(
+        "CREATE TRIGGER release_commits_update AFTER UPDATE OF id, changelog ON releases BEGIN"
+        f" DELETE FROM release_commits WHERE release IN (OLD.id, NEW.id); {times('NEW.id', 'NEW.changelog')}; END"
+    )
+    db.execute(
+        "CREATE TRIGGER release_commits_delete AFTER DELETE ON releases BEGIN"
+        " DELETE FROM release_commits WHERE release = OLD.id; END"
+    )
+    db.execute(times("r.id", "r.changelog", " FROM releases AS r"))  # the releases there already
