@@ -110,6 +110,23 @@ class SilenceId(BaseModel):
     id: str
 
 
+async def _claim(ctx: Ctx, group_id: int, column: str) -> bool:
+    """Mark the group's `column` (`silence_id` or `ticket`) as being set, `''` until the tool answers.
+
+    Only the click that wins this claim calls the tool: a double click, a Slack retry or a redelivered
+    envelope arrive together, and checking the group first would let each of them through."""
+    assert column in ("silence_id", "ticket")
+    sql = f"UPDATE alert_groups SET {column} = '' WHERE id = ? AND {column} IS NULL"
+    return bool(await ctx.services.store.write(lambda db: db.execute(sql, (group_id,)).rowcount))
+
+
+async def _unclaim(ctx: Ctx, group_id: int, column: str) -> None:
+    """Give a claim back when the tool refused, so the button works again."""
+    assert column in ("silence_id", "ticket")
+    sql = f"UPDATE alert_groups SET {column} = NULL WHERE id = ? AND {column} = ''"
+    await ctx.services.store.write(lambda db: db.execute(sql, (group_id,)))
+
+
 async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: str) -> str:
     g = await _group_or_404(ctx, group_id)
     if not g.firing:
@@ -121,12 +138,17 @@ async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: s
             f"{g.source} has no silences I can set, so I snoozed the group in opsloop for "
             f"{format_duration(duration)} (its card stays, no thread messages)."
         )
+    if not await _claim(ctx, group_id, "silence_id"):
+        raise Conflict(f"Group {group_id} is already silenced (or being silenced by someone else right now).")
     matchers = [Matcher(k, val) for k, val in sorted(g.labels.items())] or [Matcher("alertname", g.title)]
     ends = datetime.fromtimestamp(until, tz=UTC)
     try:
         silence_id = await _am(ctx.services).silence(matchers, ends, created_by=f"opsloop:{ctx.actor}", comment=reason)
-    except AdapterError as err:
-        raise Conflict(f"I couldn't create the silence, the card is unchanged: {err}") from None
+    except BaseException as err:
+        await _unclaim(ctx, group_id, "silence_id")
+        if isinstance(err, AdapterError):
+            raise Conflict(f"I couldn't create the silence, the card is unchanged: {err}") from None
+        raise
     await ctx.services.alerts.change(
         group_id, "alert.silenced", ctx.actor, silence_id=silence_id, silenced_by=ctx.actor, silence_until=until
     )
@@ -303,15 +325,21 @@ async def ticket(ctx: Ctx, ref: GroupRef) -> v.Reply:
     g = await _group_or_404(ctx, ref.group)
     if g.ticket:
         raise Conflict(f"This group already has ticket {g.ticket}.")
+    if not await _claim(ctx, g.id, "ticket"):
+        raise Conflict("A ticket for this group is already being created.")
     alerts = await ctx.services.alerts.alerts_of(g.id)
     summary = "\n".join(f"- {a.name}: {a.summary}" for a in alerts[:20])
-    item = await ctx.tracker().create(
-        NewItem(
-            title=f"Alert: {g.title}"[:120],
-            reporter=ctx.actor,
-            description=f"From alert group {g.id} ({g.source}):\n{summary}",
+    try:
+        item = await ctx.tracker().create(
+            NewItem(
+                title=f"Alert: {g.title}"[:120],
+                reporter=ctx.actor,
+                description=f"From alert group {g.id} ({g.source}):\n{summary}",
+            )
         )
-    )
+    except BaseException:
+        await _unclaim(ctx, g.id, "ticket")
+        raise
     await ctx.services.alerts.change(ref.group, "alert.ticketed", ctx.actor, ticket=item.key)
     return v.Reply.text(f"Created *{item.key}* for this alert.")
 
