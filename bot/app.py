@@ -42,7 +42,7 @@ from bot.approvals import Approvals
 from bot.audit import AuditLog
 from bot.blocking import BlockingPool
 from bot.clock import Clock, SystemClock
-from bot.config import Config, Env, database_path
+from bot.config import Config, Env, database_path, secret_values
 from bot.console import ConsoleDirectory, ConsoleScreen, ConsoleSession, ConsoleSurface, ConsoleTransport
 from bot.context import Services
 from bot.errors import ConfigError
@@ -90,25 +90,6 @@ GROUPS: tuple[CommandGroup, ...] = (
 SWEEP_SECONDS = 30.0
 EVENT_MEMORY = 2 * 86400.0
 OUTBOX_MEMORY = 7 * 86400.0
-
-
-def secret_values(config: Config, env: Env) -> list[str]:
-    """Every secret this process knows, from the environment and the `*_env` indirections."""
-    values = list(env.secrets())
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for k, val in node.items():
-                if isinstance(k, str) and k.endswith("_env") and isinstance(val, str) and os.environ.get(val):
-                    values.append(os.environ[val])
-                else:
-                    walk(val)
-        elif isinstance(node, list):
-            for x in node:
-                walk(x)
-
-    walk(config.model_dump(by_alias=True))
-    return values
 
 
 class _JobNotices:

@@ -200,7 +200,8 @@ def verify_chain(db: Database) -> Verification:
                 False,
                 checked,
                 r["id"],
-                f"row {r['id']} does not link to row {last_id}: row {last_id} was changed or replaced",
+                f"row {r['id']} does not link to row {last_id}: row {last_id} was replaced, "
+                "or rows were inserted or reordered here",
             )
         if _digest(r["prev_hash"], _fields(r)) != r["hash"]:
             return Verification(False, checked, r["id"], f"row {r['id']} was edited after it was written")

@@ -268,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, env = _load(args)
     except ConfigError as err:
         return _print_config_error(err)
-    from bot.app import secret_values
+    # From bot.config, not bot.app: `audit verify` and `check` should not import every stage to start.
+    from bot.config import secret_values
 
     level = logging.DEBUG if args.verbose else (logging.WARNING if args.cmd != "run" else logging.INFO)
     setup_logging(level, Redactor(secret_values(config, env)))

@@ -571,3 +571,22 @@ def database_path(cfg: Config, env: Env) -> Path:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the config file."""
     return Config.model_json_schema(by_alias=True)
+
+
+def secret_values(config: Config, env: Env) -> list[str]:
+    """Every secret this process knows, from the environment and the `*_env` indirections."""
+    values = list(env.secrets())
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, val in node.items():
+                if isinstance(k, str) and k.endswith("_env") and isinstance(val, str) and os.environ.get(val):
+                    values.append(os.environ[val])
+                else:
+                    walk(val)
+        elif isinstance(node, list):
+            for x in node:
+                walk(x)
+
+    walk(config.model_dump(by_alias=True))
+    return values

@@ -315,6 +315,10 @@ async def message_submit(ctx: Ctx, values: dict[str, str | None], meta: Shortcut
     kind = values.get("as") or "feedback"
     if kind not in ("feedback", "plan"):
         raise SubmitErrors({"as": "Choose feedback or a plan item."})
+    if kind == "plan":
+        # The form is open to everyone; what it files is not: a plan item needs plan.new, as the
+        # promote button and command do. Checked before anything is stored.
+        await ctx.authorize("plan.new")
     ctx.channel = meta.channel
     fb = await record(ctx, text, "shortcut", message_ts=meta.message_ts)
     if kind == "plan":
