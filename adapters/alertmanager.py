@@ -257,10 +257,8 @@ class AlertmanagerAPI:
         params: list[tuple[str, str]] = [("filter", matcher_text(m)) for m in matchers]
         params.append(("silenced", "true" if silenced else "false"))
         data = await self._call("GET", "/api/v2/alerts", params=params, what="the alerts")
-        if not isinstance(data, list):
-            raise AdapterError(TOOL, "answered GET /api/v2/alerts with something that is not a list")
         now = datetime.now(UTC)
-        alerts = [self._alert(a, now) for a in data if isinstance(a, dict)]
+        alerts = [self._alert(a, now) for a in _objects(data, "/api/v2/alerts", "labels")]
         # Most severe first, then the oldest; the API's order is by fingerprint, meaningless to people.
         alerts.sort(key=lambda a: (a.severity.rank, a.starts_at or now, a.name, a.fingerprint))
         return alerts
@@ -300,9 +298,7 @@ class AlertmanagerAPI:
     async def silences(self) -> list[Silence]:
         """Every silence Alertmanager keeps: active first, then pending, then expired; soonest end first."""
         data = await self._call("GET", "/api/v2/silences", what="the silences")
-        if not isinstance(data, list):
-            raise AdapterError(TOOL, "answered GET /api/v2/silences with something that is not a list")
-        out = [s for s in (self._silence(d) for d in data if isinstance(d, dict)) if s is not None]
+        out = [s for s in (self._silence(d) for d in _objects(data, "/api/v2/silences", "id")) if s is not None]
         order = {"active": 0, "pending": 1, "expired": 2}
         # Live ones by the soonest end; expired ones by the latest end (what was just lifted comes first).
         out.sort(key=lambda s: (order.get(s.state, 3), s.ends_at.timestamp() * (-1 if s.state == "expired" else 1)))
@@ -440,6 +436,14 @@ class AlertmanagerAPI:
         if status in (400, 422):
             raise AdapterError(TOOL, f"refused {what}: {said}")
         raise AdapterError(TOOL, f"answered {status} to {method} {path}: {said}")
+
+
+def _objects(data: Any, path: str, key: str) -> list[Mapping[str, Any]]:
+    """An answer that must be a list of objects, each with `key`. Anything else is not Alertmanager
+    talking (a proxy's page, a cut-off body): reading it as "none" would hide the fault."""
+    if not isinstance(data, list) or not all(isinstance(x, dict) and key in x for x in data):
+        raise AdapterError(TOOL, f"answered GET {path} with something that is not a list of its objects")
+    return data
 
 
 def _what_it_said(text: str) -> str:

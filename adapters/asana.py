@@ -290,6 +290,12 @@ class AsanaTracker:
             raise self._api_error(err, doing, gid, missing) from None
         except Urllib3Error as err:
             raise self._transport_error(err, doing) from None
+        except (TypeError, KeyError, IndexError, AttributeError, ValueError) as err:
+            # The SDK indexes the body it got without checking it: an HTML page or a cut-off JSON body
+            # (a proxy, not Asana) fails inside it like this.
+            raise AdapterError(
+                TOOL, f"answered with something that is not Asana's API to {doing} ({type(err).__name__}: {err})"
+            ) from err
 
     def _api_error(self, err: Any, doing: str, gid: str | None, missing: str | None) -> AdapterError:
         status = int(err.status or 0)

@@ -190,7 +190,11 @@ class JenkinsCI:
         return response
 
     def _get_json(self, client: Any, rel: str, tree: str | None = None) -> Any:
-        return self._get(client, rel + "api/json", {"tree": tree} if tree else {"depth": 0}).json()
+        data = self._get(client, rel + "api/json", {"tree": tree} if tree else {"depth": 0}).json()
+        if not isinstance(data, dict):
+            # Every Jenkins api/json answer is an object; a list or a number comes from something else.
+            raise _NotAnObject(rel)
+        return data
 
     def _error(self, exc: BaseException, about: _About) -> AdapterError:
         """Map python-jenkins / requests failures to the AdapterError family."""
@@ -215,6 +219,8 @@ class JenkinsCI:
             if "does not exist" in text:
                 return AdapterNotFound(TOOL, about.missing)
             return AdapterError(TOOL, f"{text.splitlines()[0] if text else type(exc).__name__} ({about.subject})")
+        if isinstance(exc, _NotAnObject):
+            return AdapterError(TOOL, f"answered JSON that is not a Jenkins object for {about.subject}")
         if isinstance(exc, ValueError):  # requests' JSONDecodeError: a proxy page, not Jenkins
             return AdapterError(TOOL, f"answered something that is not JSON for {about.subject}")
         return AdapterError(TOOL, f"{type(exc).__name__}: {exc} ({about.subject})")
@@ -650,3 +656,7 @@ def _cases(suites: Sequence[Any]) -> list[TestCaseResult]:
                 )
             )
     return out
+
+
+class _NotAnObject(TypeError):
+    """An api/json answer that parsed but is not a JSON object."""

@@ -260,7 +260,9 @@ class JiraTracker:
             if exc.status_code is None:  # raised by the client itself, not by an answer
                 return AdapterError(TOOL, f"{exc.text or 'client error'} ({about.subject})")
             return self._http_error(exc.status_code, exc, about)
-        if isinstance(exc, KeyError):  # serverInfo without versionNumbers, a page without issues
+        # serverInfo without versionNumbers, a page without issues; JSON of another shape (a list where the
+        # client reads an object's fields).
+        if isinstance(exc, KeyError | AttributeError | TypeError):
             return AdapterError(TOOL, f"{self.url} answered something that is not Jira's API ({about.subject})")
         if isinstance(exc, ValueError):  # a JSON decode error: a proxy's or login page
             return AdapterError(
@@ -380,7 +382,7 @@ class JiraTracker:
                         fields=list(FIELDS),  # a fresh list: the client rewrites it in place
                         json_result=True,
                     )
-                    found.extend(page.get("issues") or [])
+                    found.extend(_page_issues(page))
                     token = page.get("nextPageToken")
                     if not token or page.get("isLast"):
                         break
@@ -395,7 +397,7 @@ class JiraTracker:
                         fields=list(FIELDS),
                         json_result=True,
                     )
-                    issues = page.get("issues") or []
+                    issues = _page_issues(page)
                     found.extend(issues)
                     start += len(issues)
                     if not issues or start >= int(page.get("total") or 0):
@@ -542,6 +544,15 @@ def _screen_fields(key: str, transition: Mapping[str, Any]) -> dict[str, Any] | 
             " which opsloop cannot fill in",
         )
     return out or None
+
+
+def _page_issues(page: object) -> list[dict[str, Any]]:
+    """The issues of one search page. A page without its `issues` list is not Jira answering (a proxy's
+    page, an empty or cut-off body): reading it as "no issues" would hide the fault."""
+    issues = page.get("issues") if isinstance(page, dict) else None
+    if not isinstance(issues, list) or not all(isinstance(x, dict) for x in issues):
+        raise AdapterError(TOOL, "answered the search with unexpected JSON (no list of issues)")
+    return issues
 
 
 def _body(exc: JIRAError) -> Mapping[str, Any]:

@@ -150,14 +150,14 @@ class TrelloTracker:
         member = self._member(user) if which is ListFilter.MINE else None
         board = await self._board()
         lists = await self._call("GET", f"boards/{board.id}/lists", query={"filter": "open", "fields": "name"})
-        open_lists = {str(x.get("id")) for x in _dicts(lists)}
+        open_lists = {str(x.get("id")) for x in _records(lists, "the lists")}
         cards = await self._call(
             "GET",
             f"boards/{board.id}/cards",
             query={"fields": _CARD_FIELDS, "members": "true", "member_fields": _MEMBER_FIELDS},
         )
         items: list[tuple[str, PlanItem]] = []
-        for card in _dicts(cards):
+        for card in _records(cards, "the cards"):
             if card.get("idList") not in open_lists:
                 continue
             item = self._item(card, board)
@@ -227,10 +227,11 @@ class TrelloTracker:
                 missing=f"no board `{self._board_ref}` (or the token can't see it); check integrations.trello.board",
             )
         )
-        lists = _dicts(
+        lists = _records(
             await self._call(
                 "GET", f"boards/{b['id']}/lists", query={"filter": "open", "fields": "name"}, what="read the lists"
-            )
+            ),
+            "the lists",
         )
         names = {str(x.get("id")): str(x.get("name", "")) for x in lists}
         resolved = _Board(
@@ -254,7 +255,7 @@ class TrelloTracker:
         labels = await self._call(
             "GET", f"boards/{board.id}/labels", query={"fields": "name,color", "limit": "1000"}, what="read labels"
         )
-        found = [x for x in _dicts(labels) if str(x.get("name", "")).strip().casefold() == CRITICAL]
+        found = [x for x in _records(labels, "the labels") if str(x.get("name", "")).strip().casefold() == CRITICAL]
         # Prefer a red one when a board has several labels called "critical".
         found.sort(key=lambda x: x.get("color") != "red")
         if found:
@@ -479,6 +480,14 @@ def _obj(value: object) -> dict[str, Any]:
 
 def _dicts(value: object) -> list[dict[str, Any]]:
     return [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
+
+
+def _records(value: object, what: str) -> list[dict[str, Any]]:
+    """A whole answer that must be a list of objects with ids (lists, cards, labels). Anything else is
+    not Trello talking (a proxy's page, a cut-off body): reading it as "none" would hide the fault."""
+    if not isinstance(value, list) or not all(isinstance(x, dict) and x.get("id") for x in value):
+        raise AdapterError(TOOL, f"answered with unexpected JSON ({what}: a list of objects with ids was expected)")
+    return value
 
 
 def _strs(value: object) -> list[str]:
