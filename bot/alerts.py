@@ -24,6 +24,7 @@ second, not one per delivery.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -32,6 +33,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
@@ -50,7 +52,9 @@ log = logging.getLogger(__name__)
 
 _RANK = {s.value: s.rank for s in Severity}
 _ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
-DETAILS_IN_CARD = 8
+# A card lists its group's alerts up to this many characters (one section), so that in a storm every alert
+# is on its card at once, while the thread's detail messages queue behind Slack's 1 message/s per channel.
+CARD_ALERT_CHARS = 2_500
 STORM_WINDOW = 60.0
 DIGEST_IDLE = 300.0  # a digest stays open this long after its last group
 PAGE_GROUPS = 10  # groups per page of a digest's thread
@@ -171,6 +175,10 @@ class Ingested:
     changed_groups: int
 
 
+def _digest_of(keys: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(keys).encode(), usedforsecurity=False).hexdigest()
+
+
 def _ts(d: datetime | None) -> float | None:
     return d.timestamp() if d else None
 
@@ -238,13 +246,14 @@ def card(
         since += f" · resolved after {format_duration_s(g.resolved_at - g.first_seen)}"
     fields.append(("Since", since))
     blocks: list[v.Block] = [v.Header(head[:150]), v.Section(fields=tuple(fields))]
-    lines = []
-    for a in (firing + resolved)[:DETAILS_IN_CARD]:
-        mark = "🔥" if a.status == AlertStatus.FIRING.value else "✅"
-        lines.append(f"{mark} *{v.esc(a.name)}* {v.esc(a.summary[:200])}")
-    more = len(alerts) - DETAILS_IN_CARD
-    if more > 0:
-        lines.append(f"…and {more} more in the thread")
+    listed = [
+        f"{'🔥' if a.status == AlertStatus.FIRING.value else '✅'} *{v.esc(a.name)}* {v.esc(a.summary[:200])}"
+        for a in firing + resolved
+    ]
+    shown = _fit(listed, CARD_ALERT_CHARS)
+    lines = listed[:shown]
+    if shown < len(listed):
+        lines.append(f"…and {len(listed) - shown} more in the thread")
     if g.truncated:
         lines.append(f"_(the source left out {g.truncated} alerts of this group)_")
     if lines:
@@ -295,6 +304,29 @@ def detail(a: StoredAlert) -> v.Message:
     if links:
         lines.append(links)
     return v.Message(f"{a.name}: {a.summary[:150]}", (v.Section("\n".join(lines)),))
+
+
+def details(alerts: Sequence[StoredAlert]) -> list[v.Message]:
+    """The thread messages for alerts new to a group in one delivery: one message for one alert, else
+    several alerts to a message (each its own section, under PAGE_CHARS), so that a delivery of ten new
+    alerts costs one post of Slack's one per second per channel, not ten."""
+    if len(alerts) <= 1:
+        return [detail(a) for a in alerts]
+    out: list[v.Message] = []
+    batch: list[v.Block] = []
+    names: list[str] = []
+    used = 0
+    for a in alerts:
+        section = detail(a).blocks[0]
+        assert isinstance(section, v.Section)
+        if batch and (used + len(section.text) > PAGE_CHARS or len(batch) >= 40):
+            out.append(v.Message(f"{len(batch)} alerts: {', '.join(sorted(set(names)))}"[:150], tuple(batch)))
+            batch, names, used = [], [], 0
+        batch.append(section)
+        names.append(a.name)
+        used += len(section.text)
+    out.append(v.Message(f"{len(batch)} alerts: {', '.join(sorted(set(names)))}"[:150], tuple(batch)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -478,6 +510,17 @@ def overflow_messages(g: Group, lines: Sequence[str]) -> list[v.Message]:
     return messages
 
 
+@dataclass(frozen=True)
+class _Page:
+    """A page of a digest's thread to render: its number (from 0) and its groups' ids."""
+
+    digest_id: int
+    channel: str
+    key: str
+    number: int
+    groups: tuple[int, ...]
+
+
 class AlertPipeline:
     """See the module docstring."""
 
@@ -537,19 +580,20 @@ class AlertPipeline:
                 await asyncio.sleep(delay)
             self._last_render = time.monotonic()
             self._render_task = None  # marks made from here on get a render of their own
-            await self.s.store.write(self._render_digests)
+            # The digests' cards and the list of pages in one write, then each page in a write of its own:
+            # the store's writer serves what was queued meanwhile (a slash command's audit row) between
+            # two pages instead of after all of them.
+            pages = await self.s.store.write(self._render_cards)
             self.s.outbox.kick()
+            for page in pages:
+                await self.s.store.write(partial(self._render_page, page=page))
+                self.s.outbox.kick()
         except Exception:
             log.exception("rendering storm digests failed; the next delivery retries")
         finally:
             if self._render_task is not None and self._render_task is asyncio.current_task():
                 self._render_task = None
         self._schedule_render()
-
-    async def render_now(self) -> None:
-        """Render every dirty digest page now (shutdown, tests)."""
-        await self.s.store.write(self._render_digests)
-        self.s.outbox.kick()
 
     def _ingest(self, db: Database, batch: AlertBatch, now: float) -> Ingested:
         touched: dict[int, set[int]] = {}  # group id -> alert ids new to it or changed
@@ -820,30 +864,30 @@ class AlertPipeline:
         self.s.post_in(db, g.channel, message, key=g.card_key, dedupe=f"post:{g.card_key}")
         if g.snoozed_until and g.snoozed_until > now:
             return
-        for a in alerts:
-            if a.id in new_alerts:
-                self.s.post_in(
-                    db,
-                    g.channel,
-                    detail(a),
-                    thread_key=g.card_key,
-                    dedupe=f"alert:{a.source}:{a.fingerprint}:{a.starts_at}",
-                )
+        fresh = [a for a in alerts if a.id in new_alerts]
+        for n, message in enumerate(details(fresh)):
+            # The same alert firing again with the same start (a redelivery) is not posted twice.
+            keys = sorted(f"{a.source}:{a.fingerprint}:{a.starts_at}" for a in fresh)
+            dedupe = f"alert:{keys[0]}" if len(keys) == 1 else f"alerts:{_digest_of(keys)}:{n}"
+            self.s.post_in(db, g.channel, message, thread_key=g.card_key, dedupe=dedupe)
 
-    def _render_digests(self, db: Database) -> None:
-        """Render the dirty digests (in the writer): each one's card and the pages of its dirty groups."""
+    def _render_cards(self, db: Database) -> list[_Page]:
+        """Take the dirty marks and update each dirty digest's card (in the writer); the pages to render."""
         dirty, self._dirty = self._dirty, {}
-        whole = not self._rendered_all
         try:
-            self._render(db, dirty, whole)
+            pages = self._cards(db, dirty, whole=not self._rendered_all)
         except BaseException:
-            for digest_id, gids in dirty.items():  # the write is rolled back: the marks stay for next time
-                self._dirty.setdefault(digest_id, set()).update(gids)
+            self._mark(dirty)  # the write is rolled back: the marks stay for next time
             raise
         self._rendered_all = True
+        return pages
 
-    def _render(self, db: Database, dirty: dict[int, set[int]], whole: bool) -> None:
-        now = self.s.clock.now()
+    def _mark(self, dirty: dict[int, set[int]]) -> None:
+        for digest_id, gids in dirty.items():
+            self._dirty.setdefault(digest_id, set()).update(gids)
+
+    def _cards(self, db: Database, dirty: dict[int, set[int]], *, whole: bool) -> list[_Page]:
+        out: list[_Page] = []
         for digest_id, gids in sorted(dirty.items()):
             d = one(db, "SELECT * FROM alert_digests WHERE id = ?", (digest_id,))
             if d is None:  # its write was rolled back
@@ -858,34 +902,65 @@ class AlertPipeline:
                 ).fetchall()
             ]
             position = {gid: i for i, gid in enumerate(ids)}
-            pages = (
+            numbers = (
                 range((len(ids) + PAGE_GROUPS - 1) // PAGE_GROUPS)
                 if whole
                 else sorted({position[g] // PAGE_GROUPS for g in gids if g in position})
             )
-            for page in pages:
-                self._render_page(db, channel, key, page, ids[page * PAGE_GROUPS : (page + 1) * PAGE_GROUPS], now)
+            out += [
+                _Page(digest_id, channel, key, n, tuple(ids[n * PAGE_GROUPS : (n + 1) * PAGE_GROUPS])) for n in numbers
+            ]
+        return out
 
-    def _render_page(self, db: Database, channel: str, key: str, page: int, ids: Sequence[int], now: float) -> None:
-        marks = ", ".join("?" * len(ids))
-        groups = [
-            _group(r) for r in rows(db, f"SELECT * FROM alert_groups WHERE id IN ({marks}) ORDER BY id", list(ids))
-        ]
+    def _render_page(self, db: Database, page: _Page) -> None:
+        """Post or edit one page of a digest's thread, and its groups' overflow messages (in the writer)."""
+        try:
+            self._page(db, page)
+        except BaseException:
+            self._mark({page.digest_id: set(page.groups)})
+            raise
+
+    def _page(self, db: Database, page: _Page) -> None:
+        marks = ", ".join("?" * len(page.groups))
+        ids = list(page.groups)
+        groups = [_group(r) for r in rows(db, f"SELECT * FROM alert_groups WHERE id IN ({marks}) ORDER BY id", ids)]
         by_group: dict[int, list[StoredAlert]] = {gid: [] for gid in ids}
-        for r in rows(db, f"SELECT * FROM alerts WHERE group_id IN ({marks}) ORDER BY id", list(ids)):
-            by_group[r["group_id"]].append(_alert(r))
+        # Only what a page shows: labels are the one JSON column decoded; the runbook comes from SQLite.
+        for r in db.execute(
+            "SELECT id, group_id, source, fingerprint, status, name, severity, labels, summary, generator_url,"
+            f" json_extract(annotations, '$.runbook_url') FROM alerts WHERE group_id IN ({marks}) ORDER BY id",
+            ids,
+        ).fetchall():
+            by_group[r[1]].append(
+                StoredAlert(
+                    id=r[0],
+                    source=r[2],
+                    fingerprint=r[3],
+                    status=r[4],
+                    name=r[5],
+                    severity=r[6],
+                    labels=json.loads(r[7]),
+                    annotations={"runbook_url": r[10]} if r[10] else {},
+                    summary=r[8],
+                    value=None,
+                    links=[],
+                    generator_url=r[9],
+                    starts_at=None,
+                    ends_at=None,
+                )
+            )
         message, overflow = digest_page(
-            page,
+            page.number,
             [(g, by_group[g.id]) for g in groups],
-            now=now,
+            now=self.s.clock.now(),
             silence_hours=self.config.alerts.silence_hours,
         )
-        page_key = f"{key}:page:{page + 1}"
-        self.s.post_in(db, channel, message, key=page_key, thread_key=key, dedupe=f"post:{page_key}")
+        page_key = f"{page.key}:page:{page.number + 1}"
+        self.s.post_in(db, page.channel, message, key=page_key, thread_key=page.key, dedupe=f"post:{page_key}")
         for g in groups:
             for n, more in enumerate(overflow_messages(g, overflow.get(g.id, ())), start=1):
                 more_key = f"{g.card_key}:more:{n}"
-                self.s.post_in(db, channel, more, key=more_key, thread_key=key, dedupe=f"post:{more_key}")
+                self.s.post_in(db, page.channel, more, key=more_key, thread_key=page.key, dedupe=f"post:{more_key}")
 
     def _event(self, db: Database, gr: dict[str, Any], kind: str, now: float) -> None:
         db.execute(

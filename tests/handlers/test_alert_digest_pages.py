@@ -202,3 +202,20 @@ async def test_a_storm_shows_every_alert_in_its_thread_and_a_page_button_acts_on
         assert visible() == everything
         assert [m.ts for m in emu.replies("C0ALERTS", digest.ts)] == [m.ts for m in thread]
         assert all("FIRING" not in visible_text(m.blocks) for m in pages)
+
+
+async def test_a_delivery_of_many_alerts_is_one_thread_message_and_its_card_lists_them_all(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    async with slack_ops(tmp_path, emu, channels={"default": "#ops", "alerts": "#alerts"}) as h:
+        await h.services.alerts.ingest(am_batch([am_alert(i, 1) for i in range(12)]))
+        await h.services.alerts.ingest(am_batch([am_alert(i, 1) for i in range(12)]))  # a repeat: no post
+        await h.services.alerts.ingest(am_batch([am_alert(i, 1) for i in range(14)]))
+        await h.settle()
+        [card] = emu.top_level("C0ALERTS")
+        assert set(TOKEN.findall(visible_text(card.blocks))) == {f"{i:04d}" for i in range(14)}
+        first, second = emu.replies("C0ALERTS", card.ts)
+        assert len(first.blocks) == 12 and set(TOKEN.findall(visible_text(first.blocks))) == {
+            f"{i:04d}" for i in range(12)
+        }
+        assert set(TOKEN.findall(visible_text(second.blocks))) == {"0012", "0013"}
