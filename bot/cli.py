@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from bot import __version__
 from bot.config import Config, Env, database_path, json_schema, load_config
@@ -30,6 +30,10 @@ TOKEN_HELP = {
 class _KeyValueFormatter(logging.Formatter):
     """`ts=… level=… logger=… msg="…"`: structured enough to grep and to ship."""
 
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor
+
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage().replace('"', "'")
         line = (
@@ -37,17 +41,24 @@ class _KeyValueFormatter(logging.Formatter):
             f'logger={record.name} msg="{msg}"'
         )
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # The filter only sees the message; an exception's text (a tool's error, a URL) is masked here.
+            trace = self.formatException(record.exc_info)
+            line += "\n" + (self.redactor.text(trace) if self.redactor else trace)
         return line
+
+
+def log_handler(stream: TextIO, redactor: Redactor) -> logging.Handler:
+    """The handler opsloop logs through: key=value lines, secrets redacted."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_KeyValueFormatter(redactor))
+    handler.addFilter(RedactingFilter(redactor))
+    return handler
 
 
 def setup_logging(level: int, redactor: Redactor) -> None:
     """Structured, redacted logs on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_KeyValueFormatter())
-    handler.addFilter(RedactingFilter(redactor))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [log_handler(sys.stderr, redactor)]
     root.setLevel(level)
     for noisy in ("slack_bolt", "slack_sdk", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -391,7 +391,8 @@ class SlackFrontend:
             url = inv.response_url
 
             async def ack_reply(reply: v.Reply) -> None:
-                await ack(**rendering.reply(reply))
+                # The ack is the one answer that does not go through the outbox (which redacts).
+                await ack(**self.services.redactor.value(rendering.reply(reply)))
 
             async def deliver(reply: v.Reply) -> None:
                 if url:
@@ -467,7 +468,7 @@ class SlackFrontend:
 
             async def ack_result(result: v.Reply | SubmitErrors | None) -> None:
                 if isinstance(result, SubmitErrors):
-                    await ack(response_action="errors", errors=result.errors)
+                    await ack(response_action="errors", errors=self.services.redactor.value(result.errors))
                     return
                 await ack()
                 await deliver(result)

@@ -138,6 +138,9 @@ def build_web_app(
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             metrics.hooks.labels(source=source, status="400").inc()
             return _text(400, f"body is not JSON: {err}")
+        # Monitors and CI copy whatever they were given into annotations and logs: mask secrets before
+        # any of it is stored, shown or logged.
+        payload = services.redactor.value(payload)
         try:
             result = await spec.handler(services, payload)
         except HookRejected as err:
