@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,6 +34,9 @@ from bot.outbox import Outbox
 from bot.policy import Policy
 from bot.ports import SqlStore
 from bot.store import one, rows
+
+# Slack's channel ids (C…, G… private, D… direct); channel names are lower case, so never match.
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]+$")
 
 
 class ApprovalState(enum.StrEnum):
@@ -311,7 +315,11 @@ class Approvals:
         ref = await self._outbox.ref(key)
         if ref is None:
             return  # not posted yet (or posted by an older version): nothing to compare with
-        if (ref.channel, ref.ts) != (channel, message_ts):
+        # A card the outbox found again after a restart is known by the channel's configured name
+        # (`#approvals`), not its id; its ts alone then names it (a ts is a message's time to the
+        # microsecond, and the click came signed from a message that carries this request's button).
+        same_channel = ref.channel == channel or not _CHANNEL_ID.match(ref.channel)
+        if not same_channel or ref.ts != message_ts:
             raise NotAllowed(
                 f"This button does not belong to request `{a.id}`'s card in <#{ref.channel}>, so the click "
                 "doesn't count; use the buttons on that card."
@@ -328,6 +336,16 @@ class Approvals:
         if a is not None:
             self._show(db, a, now)
         return True
+
+    def _close_audited_in(
+        self, db: Database, a: Approval, state: ApprovalState, reason: str, now: float, user: str, channel: str | None
+    ) -> None:
+        """Close a request a click found expired or changed, and say so in the audit log."""
+        if self._close_in(db, a.id, state, reason, now):
+            outcome = Outcome.EXPIRED if state is ApprovalState.EXPIRED else Outcome.VOIDED
+            self._audit.append_in(
+                db, AuditEntry(user, a.policy_key, outcome, channel, a.subject, reason, {"approval": a.id})
+            )
 
     def _show(self, db: Database, a: Approval, now: float, *, first: bool = False) -> None:
         """Post or edit what people see of a request: the kind's own card, or the generic one."""
@@ -371,7 +389,9 @@ class Approvals:
                 f"This request is already {a.state.value}" + (f" ({a.decided_reason})." if a.decided_reason else ".")
             )
         if now >= a.expires_at:
-            await self._store.write(lambda db: self._close_in(db, a.id, ApprovalState.EXPIRED, "expired", now))
+            await self._store.write(
+                lambda db: self._close_audited_in(db, a, ApprovalState.EXPIRED, "expired", now, user, channel)
+            )
             self._outbox.kick()
             raise Conflict(f"This request expired at {iso(a.expires_at)}; ask again.")
         if user == a.requester and not a.self_approval:
@@ -385,7 +405,9 @@ class Approvals:
             current = await kind.fingerprint(a.subject)
             if current != a.fingerprint:
                 reason = "what was to be approved changed after the request"
-                await self._store.write(lambda db: self._close_in(db, a.id, ApprovalState.VOID, reason, now))
+                await self._store.write(
+                    lambda db: self._close_audited_in(db, a, ApprovalState.VOID, reason, now, user, channel)
+                )
                 self._outbox.kick()
                 raise Conflict(f"{reason[0].upper()}{reason[1:]}, so the request is void. Ask again.")
             if kind.recheck is not None:

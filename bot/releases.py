@@ -412,7 +412,8 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
         fields.append(("Image", f"`{v.esc(r.digest[:19])}…`"))
     blocks: list[v.Block] = [v.Header(head[:150]), v.Section(fields=tuple(fields))]
     if r.break_glass:
-        blocks.append(v.Section(f"⚠️ *Break glass:* {v.esc(r.break_glass)}"))
+        # The reason is what people typed (escaped); the mention is ours, so it stays a mention.
+        blocks.append(v.Section(f"⚠️ *Break glass* by <@{r.requester}>: {v.esc(r.break_glass)}"))
     if r.checks:
         lines = [
             f"{'✅' if c.ok else ('❌' if c.blocking else '⚠️')} *{v.esc(c.name)}*: {v.esc(c.detail)}"
@@ -445,7 +446,11 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
         p = r.progress
         counts = ""
         if p.get("desired") is not None:
-            counts = f" ({p.get('updated', 0)}/{p['desired']} updated, {p.get('available', 0)} available)"
+            # `updated` is unknown (None) until the controller has observed the new spec.
+            updated = (
+                f"{p['updated']}/{p['desired']} updated" if p.get("updated") is not None else f"{p['desired']} desired"
+            )
+            counts = f" ({updated}, {p.get('available') or 0} available)"
         lines = [f"*Rollout:* {v.esc(str(p.get('message', '')))}{counts}"]
         lines.extend(f"⚠️ {v.esc(e)}" for e in p.get("events", [])[:5])
         blocks.append(v.Section("\n".join(lines)))
@@ -471,7 +476,11 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
             blocks.append(
                 v.Context((f"expires in {format_duration(timedelta(seconds=max(0, int(a.expires_at - now))))}",))
             )
-    if r.state in ("baking", "succeeded") and r.action in ("deploy", "rollback"):
+    # After a failed deploy the target may be half changed (pods that can't pull their image): rolling
+    # back is what one wants then, as after a success or during the bake.
+    if (r.state in ("baking", "succeeded") and r.action in ("deploy", "rollback")) or (
+        r.state == "failed" and r.action == "deploy"
+    ):
         buttons.append(
             v.Button(
                 "Rollback",

@@ -182,6 +182,14 @@ async def live_recheck(services: Services, subject: str) -> str | None:
 def on_approval_change(services: Services, db: Database, a: Approval, now: float) -> None:
     """The engine changed a request: mirror it on the release row and card."""
     r = load_in(db, _release_id(a.subject))
+    if a.state is ApprovalState.PENDING and r.approval_id != a.id and r.state in WAITING:
+        # A new request: linked in the transaction that made it, so the card never shows "waiting for
+        # approval" without its buttons, not even after a crash at the wrong moment.
+        db.execute(
+            "UPDATE releases SET approval_id = ?, state = 'awaiting_approval', updated_at = ? WHERE id = ?",
+            (a.id, now, r.id),
+        )
+        r = load_in(db, r.id)
     state = {
         ApprovalState.APPROVED: "approved",
         ApprovalState.REJECTED: "rejected",
@@ -192,6 +200,8 @@ def on_approval_change(services: Services, db: Database, a: Approval, now: float
         msg = r.message
         if a.state is ApprovalState.VOID:
             msg = f"The approvals are void: {a.decided_reason}. Request it again."
+        if state == "approved":
+            _end_bake_in(services, db, r, now)
         try:
             db.execute(
                 "UPDATE releases SET state = ?, message = ?, updated_at = ? WHERE id = ?", (state, msg, now, r.id)
@@ -213,16 +223,19 @@ group.approval(
 # --- requesting -------------------------------------------------------------------------------------------
 
 
-async def _busy(services: Services, service: str, env: str) -> Release | None:
+def _busy_in(db: Database, service: str, env: str) -> Release | None:
+    """The newest release of `service` in `env` that is being checked, waits or runs."""
     marks = ",".join("?" for _ in (*ACTIVE, *WAITING))
-    r = await services.store.read(
-        lambda db: one(
-            db,
-            f"SELECT * FROM releases WHERE service = ? AND env = ? AND state IN ({marks}) ORDER BY id DESC",
-            (service, env, *ACTIVE, *WAITING),
-        )
+    r = one(
+        db,
+        f"SELECT * FROM releases WHERE service = ? AND env = ? AND state IN ({marks}) ORDER BY id DESC",
+        (service, env, *ACTIVE, *WAITING),
     )
     return release_from(r) if r else None
+
+
+async def _busy(services: Services, service: str, env: str) -> Release | None:
+    return await services.store.read(lambda db: _busy_in(db, service, env))
 
 
 async def _break_glass(ctx: Ctx, env: str, force: bool, reason: str | None) -> str | None:
@@ -235,7 +248,7 @@ async def _break_glass(ctx: Ctx, env: str, force: bool, reason: str | None) -> s
     if not set(rules.break_glass) & roles:
         need = " or ".join(f"`{r}`" for r in rules.break_glass) or "a role listed in its `break_glass`"
         raise NotAllowed(f"Only {need} may break glass in {env}; you can't force this.")
-    return f"<@{ctx.actor}>: {reason}"
+    return reason
 
 
 async def request(
@@ -258,17 +271,20 @@ async def request(
     if version is not None and not _VERSION.match(version):
         raise UsageError(f"`{version}` is not a version (letters, digits, `.`, `-`, `_`, `+`).")
     glass = await _break_glass(ctx, env, force, reason)
-    busy = await _busy(ctx.services, service, env)
-    if busy is not None and action != "rollback":
-        raise Conflict(
-            f"<@{busy.requester}> holds {service} in {env}: release {busy.id} ({busy.title}) is "
-            f"{busy.state.replace('_', ' ')}. Wait for it, or roll back."
-        )
     channel = rules.channel or ctx.config.channels.approvals or ctx.channel
     now = ctx.clock.now()
     services = ctx.services
 
     def tx(db: Database) -> tuple[Release, int]:
+        # Asked inside the write, so two requests at the same moment can't both find the way free.
+        busy = _busy_in(db, service, env)
+        # A rollback may be asked for while a release bakes (it ends that bake when it starts), but
+        # not beside another rollback, nor while something is rolling out.
+        if busy is not None and (action != "rollback" or busy.action == "rollback" or busy.state in ACTIVE[:2]):
+            raise Conflict(
+                f"<@{busy.requester}> holds {service} in {env}: release {busy.id} ({busy.title}) is "
+                f"{busy.state.replace('_', ' ')}. Wait for it, or roll back."
+            )
         cur = db.execute(
             "INSERT INTO releases (action, service, env, version, replicas, requester, state, channel, break_glass,"
             " rollback_of, image, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'checking', ?, ?, ?, ?, ?, ?)",
@@ -279,7 +295,13 @@ async def request(
         services.audit.append_in(
             db,
             AuditEntry(
-                ctx.actor, f"deploy.{action}", Outcome.REQUESTED, ctx.channel, r.title, glass, {"release": r.id}
+                ctx.actor,
+                f"deploy.{action}",
+                Outcome.REQUESTED,
+                ctx.channel,
+                r.title,
+                f"break glass: {glass}" if glass else None,
+                {"release": r.id},
             ),
         )
         job = services.jobs.enqueue_in(
@@ -294,7 +316,9 @@ async def request(
     return r
 
 
-@group.job("deploy.prepare", timeout=600)
+# Resumable: the checks may run again after a restart (a release left `checking` would hold the
+# service and environment for good), and asking for approval again joins the open request.
+@group.job("deploy.prepare", timeout=600, resumable=True)
 async def prepare(services: Services, jctx: JobCtx) -> None:
     """Run the checks; refuse with the reasons, ask for approvals, or start right away."""
     r = await load(services, int(jctx.job.payload["release"]))
@@ -306,10 +330,19 @@ async def prepare(services: Services, jctx: JobCtx) -> None:
     else:
         report = await run_checks_operate(services, r)
     blocking = report.blocking
+    checks = report.checks
     if r.break_glass:
-        blocking = [ch for ch in blocking if ch.name.split()[0] not in OVERRIDABLE and ch.name != "freeze"]
+        stepped = [ch for ch in blocking if ch.name.split()[0] in OVERRIDABLE]
+        blocking = [ch for ch in blocking if ch not in stepped]
+        # What the requester stepped over stays on the card, as a warning rather than a blocker.
+        checks = [
+            Check(ch.name, False, f"{ch.detail} (overridden: break glass)", None, blocking=False)
+            if ch in stepped
+            else ch
+            for ch in checks
+        ]
     fields: dict[str, Any] = {
-        "checks": checks_json(report.checks),
+        "checks": checks_json(checks),
         "digest": report.digest,
         "from_version": report.running,
         "changelog": changelog_json(report.changelog),
@@ -330,7 +363,7 @@ async def prepare(services: Services, jctx: JobCtx) -> None:
         )
         return
     r = await save(services, r.id, **fields)
-    if rules.approvals.required > 0 and r.action != "rollback":
+    if rules.approvals.required > 0:
         rule = ApprovalRule.model_validate(
             {
                 "required": rules.approvals.required,
@@ -344,21 +377,22 @@ async def prepare(services: Services, jctx: JobCtx) -> None:
             r.title,
             fingerprint(r.service, r.version if r.action != "scale" else str(r.replicas), r.digest, r.env, r.action),
         )
-
-        def link(db: Database) -> None:
-            db.execute("UPDATE releases SET state = 'awaiting_approval' WHERE id = ?", (r.id,))
-
-        await services.store.write(link)
-        approval, _ = await services.approvals.request(
-            "deploy.release", subject, requester=r.requester, channel=r.channel, rule=rule
-        )
-        await save(services, r.id, approval_id=approval.id)
+        # The engine links the request to the release and shows its buttons (`on_approval_change`).
+        await services.approvals.request("deploy.release", subject, requester=r.requester, channel=r.channel, rule=rule)
         return
+    now = services.clock.now()
+
+    def start(db: Database) -> None:
+        _end_bake_in(services, db, r, now)
+        db.execute("UPDATE releases SET state = 'approved', updated_at = ? WHERE id = ?", (now, r.id))
+        show_in(services, db, load_in(db, r.id), now)
+
     try:
-        await save(services, r.id, state="approved")
+        await services.store.write(start)
     except sqlite3.IntegrityError:
         await save(services, r.id, state="refused", message="Another release of it is running now.")
         return
+    services.outbox.kick()
     await services.jobs.submit(
         "deploy.run", f"deploy:{r.service}@{r.env}", {"release": r.id}, requester=r.requester, channel=r.channel
     )
@@ -410,10 +444,60 @@ class _Progress:
             await thread(self.s, self.r, "```" + self.s.redactor.text(p.output)[-2800:] + "```")
 
 
+def _end_bake_in(services: Services, db: Database, r: Release, now: float) -> None:
+    """A rollback starting: the release it rolls back stops baking and ends as rolled back."""
+    if r.action != "rollback":
+        return
+    found = one(
+        db,
+        "SELECT * FROM releases WHERE service = ? AND env = ? AND state = 'baking' AND id != ?",
+        (r.service, r.env, r.id),
+    )
+    if found is None:
+        return
+    baked = release_from(found)
+    db.execute(
+        "UPDATE releases SET state = 'rolled_back', message = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+        (f"Rolled back by release {r.id}, requested by <@{r.requester}>.", now, now, baked.id),
+    )
+    if r.rollback_of is None:
+        db.execute("UPDATE releases SET rollback_of = ? WHERE id = ?", (baked.id, r.id))
+    baked = load_in(db, baked.id)
+    _event_in(db, "deploy.rolled_back", baked, now, False, reason=f"rolled back by release {r.id}")
+    show_in(services, db, baked, now)
+
+
+def _mark_rolled_back_in(services: Services, db: Database, r: Release, now: float) -> None:
+    """A rollback went well: the release it undid (when it had ended well) is rolled back now."""
+    if r.rollback_of is None:
+        return
+    old = one(db, "SELECT * FROM releases WHERE id = ? AND state = 'succeeded'", (r.rollback_of,))
+    if old is None:
+        return
+    db.execute(
+        "UPDATE releases SET state = 'rolled_back', message = ?, updated_at = ? WHERE id = ?",
+        (f"Rolled back by release {r.id}, requested by <@{r.requester}>.", now, old["id"]),
+    )
+    undone = load_in(db, old["id"])
+    _event_in(db, "deploy.rolled_back", undone, now, False, reason=f"rolled back by release {r.id}")
+    show_in(services, db, undone, now)
+
+
 @group.job("deploy.run", resumable=True, timeout=6 * 3600)
 async def run(services: Services, jctx: JobCtx) -> None:
     """Roll out, smoke-check, bake (rolling back on alerts when configured) and report."""
     release_id = int(jctx.job.payload.get("release") or _release_id(jctx.job.key))
+    try:
+        await _run(services, jctx, release_id)
+    except Exception as err:
+        # Never leave a release `deploying` behind a failed job: it would hold the service for good.
+        r = await load(services, release_id)
+        if r.state in ACTIVE:
+            await _finish(services, r, "failed", f"opsloop stopped following it: {err}")
+        raise
+
+
+async def _run(services: Services, jctx: JobCtx, release_id: int) -> None:
     r = await load(services, release_id)
     if r.state in DONE:
         return
@@ -439,7 +523,12 @@ async def run(services: Services, jctx: JobCtx) -> None:
             "↪️ opsloop restarted; following the rollout again.",
             dedupe=f"{r.key}:resume:{jctx.job.attempts}",
         )
-        result = await target.resume(spec, r.version or "", progress)
+        # A rollback to "the previous revision" has no version of its own: follow what is rolling out.
+        try:
+            version = r.version or await target.running_version(spec) or ""
+            result = await target.resume(spec, version, progress)
+        except AdapterError as err:
+            result = DeployResult(False, str(err))
     elif r.state == "baking":
         result = DeployResult(True, "rolled out before the restart")
     else:
@@ -447,6 +536,14 @@ async def run(services: Services, jctx: JobCtx) -> None:
     if not result.ok:
         await _finish(services, r, "failed", result.message)
         return
+    if r.action == "rollback" and not r.version:
+        # `kubectl rollout undo` style: now we know which version that was.
+        try:
+            running = await target.running_version(spec)
+        except AdapterError:
+            running = None
+        if running:
+            r = await save(services, r.id, version=running)
     if r.state != "baking":
         r = await _rolled_out(services, r, result)
     if r.action != "deploy":
@@ -456,8 +553,10 @@ async def run(services: Services, jctx: JobCtx) -> None:
         return
     if not await _bake(services, r, target, spec, progress):
         return
+    r = await load(services, r.id)
     r = await _finish(services, r, "succeeded", "Baked without trouble." if r.bake_until else result.message)
-    await _ask_how_it_went(services, r)
+    if r.state == "succeeded":
+        await _ask_how_it_went(services, r)
 
 
 async def _act(services: Services, r: Release, target: Any, spec: Any, progress: _Progress) -> DeployResult:
@@ -496,12 +595,19 @@ async def _rolled_out(services: Services, r: Release, result: DeployResult) -> R
 async def _finish(services: Services, r: Release, state: str, message: str) -> Release:
     now = services.clock.now()
 
-    def tx(db: Database) -> Release:
-        db.execute(
-            "UPDATE releases SET state = ?, message = ?, finished_at = ?, updated_at = ? WHERE id = ?",
-            (state, services.redactor.text(message)[:2500], now, now, r.id),
+    def tx(db: Database) -> Release | None:
+        # Only a release still under way ends here: one a rollback has already ended keeps its state.
+        marks = ",".join("?" for _ in ACTIVE)
+        done = db.execute(
+            "UPDATE releases SET state = ?, message = ?, finished_at = ?, updated_at = ?"
+            f" WHERE id = ? AND state IN ({marks})",
+            (state, services.redactor.text(message)[:2500], now, now, r.id, *ACTIVE),
         )
+        if done.rowcount != 1:
+            return None
         cur = load_in(db, r.id)
+        if state == "succeeded" and cur.action == "rollback":
+            _mark_rolled_back_in(services, db, cur, now)
         if state in ("failed", "interrupted"):
             _event_in(db, "deploy.finished", cur, now, False, reason=message[:300])
         if state == "rolled_back":
@@ -521,8 +627,11 @@ async def _finish(services: Services, r: Release, state: str, message: str) -> R
         show_in(services, db, cur, now)
         return cur
 
-    cur = await services.store.write(tx)
+    ended = await services.store.write(tx)
     services.outbox.kick()
+    if ended is None:
+        return await load(services, r.id)
+    cur = ended
     icon = {"succeeded": "✅", "failed": "❌", "rolled_back": "↩️", "interrupted": "⚠️"}.get(state, "•")
     await thread(services, cur, f"{icon} {cur.title}: {state.replace('_', ' ')}. {message}", dedupe=f"{r.key}:end")
     return cur
@@ -567,6 +676,9 @@ async def _bake(services: Services, r: Release, target: Any, spec: Any, progress
     started = r.started_at or r.created_at
     posted: set[int] = set()
     while services.clock.now() < until:
+        current = await load(services, r.id)
+        if current.state != "baking":
+            return False  # a rollback took over (it ended the bake and says so on the card)
         groups = await services.store.read(
             lambda db: rows(
                 db,
@@ -732,20 +844,29 @@ async def rollback(ctx: Ctx, service: str, env: str, to: str, version: str | Non
 
 
 async def _rollback(ctx: Ctx, service: str, env: str, version: str | None, of: int | None = None) -> Release:
+    ctx.service(service)
+    environment(ctx.config, env)
     busy = await _busy(ctx.services, service, env)
     if busy is not None and busy.state == "baking":
-        # The release being baked is what we roll back: end it as rolled back so the new one may run.
-        await ctx.store.write(
-            lambda db: db.execute(
-                "UPDATE releases SET state = 'rolled_back', message = ?, finished_at = ? WHERE id = ?",
-                (f"rolled back by <@{ctx.actor}>", ctx.clock.now(), busy.id),
-            )
-        )
-        await show(ctx.services, busy.id)
+        # The release being baked is what we roll back; it ends as rolled back when the rollback
+        # starts (after its approvals, where the environment wants them), not before.
         of = of or busy.id
         version = version or busy.from_version
     elif busy is not None and busy.state in ACTIVE:
         raise Conflict(f"Release {busy.id} of {service} in {env} is {busy.state}; wait for it to end.")
+    if of is None:
+        # What runs now: the newest finished release, when it is a deploy that went well.
+        last = await ctx.store.read(
+            lambda db: one(
+                db,
+                "SELECT id, action, state FROM releases WHERE service = ? AND env = ? AND action IN"
+                " ('deploy', 'rollback') AND state IN ('succeeded', 'baking', 'rolled_back', 'failed')"
+                " ORDER BY id DESC LIMIT 1",
+                (service, env),
+            )
+        )
+        if last is not None and last["action"] == "deploy" and last["state"] in ("succeeded", "baking"):
+            of = int(last["id"])
     spec = target_spec(ctx.config, service, env)
     if version is None and spec.kind == "command":
         last = await ctx.store.read(
@@ -909,6 +1030,8 @@ async def service_status(ctx: Ctx, service: str, env: str | None) -> v.Reply:
     if env:
         environment(ctx.config, env)
     blocks: list[v.Block] = [v.Header(f"{service}")]
+    # One environment after another, not all at once: the first call of a process pays for the
+    # Kubernetes client's start-up, and calls waiting for it would spend their own timeouts meanwhile.
     for e in envs:
         spec = target_spec(ctx.config, service, e)
         try:
