@@ -23,6 +23,7 @@ from bot.durations import format_duration
 from bot.errors import NotConfigured, NotFound
 from bot.ports import AdapterError, AdapterNotFound, Commit, DeployTarget, TargetSpec
 from bot.store import one, rows
+from bot.test_history import INCOMPLETE, notes_of
 
 if TYPE_CHECKING:
     from bot.context import Services
@@ -260,14 +261,19 @@ async def version_deployed(services: Services, service: str, env: str, version: 
 
 
 async def tests_of_commit(services: Services, service: str, sha: str) -> dict[str, Any] | None:
-    """Counts of the newest build of `sha` that has stored results."""
+    """Counts of the newest build of `sha` that has stored results or was found to have incomplete ones;
+    `incomplete` holds why its results are missing or partial (empty when they are whole)."""
 
     def q(db: Database) -> dict[str, Any] | None:
+        # A build whose report could not be read at all has no results, only its `tests.incomplete`
+        # note: it still counts as the newest word on this commit, so an older green build can't stand in.
         b = one(
             db,
-            "SELECT b.id, b.label FROM builds b WHERE b.service = ? AND b.commit_sha = ? AND EXISTS"
-            " (SELECT 1 FROM test_results t WHERE t.build_id = b.id) ORDER BY b.id DESC LIMIT 1",
-            (service, sha),
+            "SELECT b.id, b.label FROM builds b WHERE b.service = ? AND b.commit_sha = ? AND ("
+            " EXISTS (SELECT 1 FROM test_results t WHERE t.build_id = b.id) OR EXISTS (SELECT 1 FROM events e"
+            " WHERE e.kind = ? AND json_extract(e.detail, '$.build') = b.id"
+            " AND json_array_length(json_extract(e.detail, '$.notes')) > 0)) ORDER BY b.id DESC LIMIT 1",
+            (service, sha, INCOMPLETE),
         )
         if b is None:
             return None
@@ -278,13 +284,40 @@ async def tests_of_commit(services: Services, service: str, sha: str) -> dict[st
             )
         }
         return {
+            "id": b["id"],
             "build": b["label"],
             "passed": counts.get("passed", 0),
             "failed": counts.get("failed", 0),
             "skipped": counts.get("skipped", 0),
         }
 
-    return await services.store.read(q)
+    found = await services.store.read(q)
+    if found is None:
+        return None
+    found["incomplete"] = list(await notes_of(services, int(found.pop("id"))))
+    if not found["incomplete"] and not (found["passed"] or found["failed"] or found["skipped"]):
+        return None  # a later clean read that found nothing either: no results
+    return found
+
+
+def tests_check(t: dict[str, Any] | None, sha: str, override: str | None = None) -> Check:
+    """Whether the tests of a version are green: results of its newest build, all there, none failed."""
+    if t is None:
+        return Check("tests", False, f"no test results for {sha[:10]}; build it first", override)
+    counts = f"{t['passed']} passed, {t['failed']} failed"
+    if t.get("incomplete"):
+        # Green can't be told from part of the results: what could not be read may be what failed.
+        why = "; ".join(str(n).rstrip(".") for n in t["incomplete"][:3])
+        more = len(t["incomplete"]) - 3
+        return Check(
+            "tests",
+            False,
+            f"the results of build {t['build']} are incomplete ({counts} of what could be read): {why}"
+            + (f"; and {more} more" if more > 0 else "")
+            + ". Build it again to get all of them",
+            override,
+        )
+    return Check("tests", t["failed"] == 0, f"{counts} in build {t['build']}", override)
 
 
 async def firing_for(services: Services, service: str, env: str, severities: list[str]) -> list[str]:
@@ -336,24 +369,16 @@ async def run_checks(services: Services, service: str, version: str, env: str, r
             sha = await repo.resolve(version)
         except AdapterError as err:
             report.checks.append(Check("version", False, str(err)))
+    glass = " or ".join(f"`{r}`" for r in rules.break_glass)
+    override = f'a member of {glass} can add `force "reason"`' if rules.break_glass else None
     if rules.requires.tests == "green":
         if sha is None:
             report.checks.append(Check("tests", False, "no commit is known for this version, so no test results"))
         else:
-            t = await tests_of_commit(services, service, sha)
-            report.tests = t
-            if t is None:
-                report.checks.append(Check("tests", False, f"no test results for {sha[:10]}; build it first"))
-            else:
-                report.checks.append(
-                    Check(
-                        "tests", t["failed"] == 0, f"{t['passed']} passed, {t['failed']} failed in build {t['build']}"
-                    )
-                )
+            report.tests = await tests_of_commit(services, service, sha)
+            report.checks.append(tests_check(report.tests, sha, override))
     elif sha is not None:
         report.tests = await tests_of_commit(services, service, sha)
-    glass = " or ".join(f"`{r}`" for r in rules.break_glass)
-    override = f'a member of {glass} can add `force "reason"`' if rules.break_glass else None
     fr = await freeze_of(services, env)
     if fr is not None:
         report.checks.append(Check("freeze", False, f"{env} is frozen until {iso(fr.until)}: {fr.reason}", override))
@@ -438,7 +463,8 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
             v.Context(
                 (
                     f"🧪 tests of this version: {t['passed']} passed, {t['failed']} failed, "
-                    f"{t['skipped']} skipped (build {t['build']})",
+                    f"{t['skipped']} skipped (build {t['build']})"
+                    + (" — ⚠️ incomplete: some results could not be read" if t.get("incomplete") else ""),
                 )
             )
         )
