@@ -58,7 +58,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from bot.blocking import BlockingPool
 from bot.ports import (
@@ -95,7 +95,18 @@ def _blank_to_none(value: Any) -> Any:
     return value
 
 
+# The last second datetime can hold (9999-12-31T23:59:59Z): a later epoch cannot be shown on a card.
+_MAX_EPOCH = 253_402_300_799
+
+
+def _epoch_in_range(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= _MAX_EPOCH:
+        raise ValueError(f"{value} is not a Unix time between 1970 and 9999")
+    return value
+
+
 _OptInt = Annotated[int | None, BeforeValidator(_blank_to_none)]
+_OptEpoch = Annotated[int | None, BeforeValidator(_blank_to_none), AfterValidator(_epoch_in_range)]
 _OptStr = Annotated[str | None, BeforeValidator(_blank_to_none)]
 
 
@@ -114,8 +125,8 @@ class NagiosNotification(BaseModel):
     long_output: str = ""
     perfdata: str = ""
     time: str = ""
-    timet: _OptInt = None
-    last_state_change: _OptInt = None
+    timet: _OptEpoch = None
+    last_state_change: _OptEpoch = None
     problem_id: _OptInt = None
     last_problem_id: _OptInt = None
     author: str = ""

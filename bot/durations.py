@@ -8,6 +8,9 @@ from datetime import timedelta
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+)([smhdw])")
 _WHOLE = re.compile(r"^(?:\d+[smhdw])+$")
+# Nothing opsloop times (silences, windows, charts, expiries) spans more; past it dates leave what
+# datetime, Prometheus and matplotlib can represent, and timedelta itself overflows.
+MAX_DURATION = timedelta(days=3660)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -18,6 +21,8 @@ def parse_duration(text: str) -> timedelta:
     seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(t))
     if seconds <= 0:
         raise ValueError(f"`{text}` is not a positive duration")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"`{text}` is longer than {MAX_DURATION.days // 366} years")
     return timedelta(seconds=seconds)
 
 

@@ -482,7 +482,9 @@ class Router:
                 try:
                     value = spec.value.model_validate_json(click.value or "{}")
                 except ValidationError:
-                    raise UserError("This button's data is not valid any more; run the command again.") from None
+                    value = None
+                if value is None or not fits_int64(value):
+                    raise UserError("This button's data is not valid any more; run the command again.")
             await self.authorize(click.actor, spec.policy)
             ctx = self._ctx(
                 surface,
@@ -514,7 +516,9 @@ class Router:
                 try:
                     meta = spec.metadata.model_validate_json(sub.metadata or "{}")
                 except ValidationError:
-                    raise UserError("This form's data is not valid any more; open it again.") from None
+                    meta = None
+                if meta is None or not fits_int64(meta):
+                    raise UserError("This form's data is not valid any more; open it again.")
             await self.authorize(sub.actor, spec.policy)
             ctx = self._ctx(surface, sub.actor, channel, source="submit")
             reply = await spec.handler(ctx, dict(sub.values), meta)
@@ -578,6 +582,31 @@ class Router:
                 log.exception("a home section failed")
                 blocks.append(v.Context(("This section could not be loaded; see the opsloop log.",)))
         return v.HomeView(tuple(blocks))
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def fits_int64(value: Any) -> bool:
+    """Whether every integer in a parsed button value, form metadata or webhook body fits in 64 bits.
+    opsloop never sends a bigger one (ids and counts are SQLite integers), and SQLite refuses to bind one.
+    A loop, not recursion: a webhook body may be nested as deep as JSON allows."""
+    todo = [value]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, bool):
+            continue
+        if isinstance(x, int):
+            if not _INT64[0] <= x <= _INT64[1]:
+                return False
+        elif isinstance(x, BaseModel):
+            todo.extend(getattr(x, name) for name in type(x).model_fields)
+        elif isinstance(x, Mapping):
+            todo.extend(x.keys())
+            todo.extend(x.values())
+        elif isinstance(x, list | tuple | set | frozenset):
+            todo.extend(x)
+    return True
 
 
 def error_reply(err: UserError) -> v.Reply:

@@ -20,7 +20,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
 from bot.context import Services
-from bot.router import Router
+from bot.router import Router, fits_int64
 from bot.slack import AckGuard, request_kind
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,14 @@ def build_web_app(
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             metrics.hooks.labels(source=source, status="400").inc()
             return _text(400, f"body is not JSON: {err}")
+        except RecursionError:
+            # Python's parser recurses per level; a body of nested brackets far under MAX_BODY reaches the limit.
+            metrics.hooks.labels(source=source, status="400").inc()
+            return _text(400, "body is not JSON opsloop accepts: it is nested too deeply")
+        if not fits_int64(payload):
+            # No monitor sends such a number, and SQLite cannot store one: refuse it here, not half-way in.
+            metrics.hooks.labels(source=source, status="400").inc()
+            return _text(400, "body holds an integer beyond 64 bits")
         # Monitors and CI copy whatever they were given into annotations and logs: mask secrets before
         # any of it is stored, shown or logged.
         payload = services.redactor.value(payload)

@@ -166,12 +166,18 @@ async def list_(ctx: Ctx, n: int) -> v.Reply:
     return _listing("Recent feedback", found)
 
 
+MAX_SEARCH_WORD = 200
+
+
 @group.command("feedback search", c.text("words"), examples=('feedback search "deploy card"', "feedback search slow"))
 async def search(ctx: Ctx, words: str) -> v.Reply:
     """Feedback whose text has all the words (newest first, at most 20)."""
     terms = [w for w in words.lower().split() if w][:8]
     if not terms:
         return v.Reply.text("Give me a word to look for.")
+    if any(len(t) > MAX_SEARCH_WORD for t in terms):
+        # SQLite refuses LIKE patterns over 50,000 bytes; no feedback word is anywhere near this long.
+        return v.Reply.text(f"A search word can be at most {MAX_SEARCH_WORD} characters long.")
     # LIKE with escaped wildcards: the words are data, never SQL.
     where = " AND ".join(["lower(text) LIKE ? ESCAPE '\\'"] * len(terms))
     params = tuple("%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for t in terms)

@@ -7,7 +7,7 @@ import urllib.parse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from bot import commands as c
 from bot import views as v
@@ -15,7 +15,7 @@ from bot.alerts import StoredAlert
 from bot.audit import Outcome
 from bot.clock import iso
 from bot.context import Ctx, Services
-from bot.durations import format_duration, parse_duration
+from bot.durations import MAX_DURATION, format_duration, parse_duration
 from bot.errors import Conflict, NotConfigured, NotFound, UsageError
 from bot.ports import AdapterError, Matcher, NewItem, QueryResult
 from bot.router import CommandGroup, HookResult, SubmitErrors
@@ -103,7 +103,8 @@ class GroupRef(BaseModel):
 
 class SilenceRef(BaseModel):
     group: int
-    hours: int
+    # The card offers a few hours; a forged value must not reach past what a date can hold.
+    hours: int = Field(ge=1, le=int(MAX_DURATION.total_seconds()) // 3600)
 
 
 class SilenceId(BaseModel):

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import clean_environ
+
+# Profiles of tests/reliability/test_fuzz.py, chosen there by OPSLOOP_FUZZ (`ci` by default; `make fuzz`: soak).
+_FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=_FUZZ_HEALTH)
+settings.register_profile("soak", max_examples=12_000, deadline=None, suppress_health_check=_FUZZ_HEALTH)
 
 
 @pytest.fixture(autouse=True)
