@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
+from bot import rendering
 from bot import views as v
 from bot.approvals import Approval, ApprovalState
 from bot.clock import iso
@@ -219,9 +220,54 @@ async def lock_of(services: Services, env: str) -> Lock | None:
 
 
 async def freeze_of(services: Services, env: str) -> Freeze | None:
+    """The freeze of `env` in force now; one that has run out is ended here (its notice says so)."""
     now = services.clock.now()
-    r = await services.store.read(lambda db: one(db, "SELECT * FROM freezes WHERE env = ? AND until > ?", (env, now)))
-    return Freeze(r["env"], r["until"], r["reason"], r["by"], r["at"]) if r else None
+    r = await services.store.read(lambda db: one(db, "SELECT * FROM freezes WHERE env = ?", (env,)))
+    if r is None:
+        return None
+    if r["until"] <= now:
+        await end_expired_freezes(services)
+        return None
+    return Freeze(r["env"], r["until"], r["reason"], r["by"], r["at"])
+
+
+def freeze_notice(env: str, until: float, reason: str, by: str, ended: str | None = None) -> v.Message:
+    """The notice of a freeze in the approvals channel; `ended` says how it ended (struck through then)."""
+    what = f"{env} is frozen until {iso(until)} by <@{by}>: {v.esc(reason)}"
+    text = f"🧊 ~{what}~ — {ended}" if ended else f"🧊 *{env} is frozen* until {iso(until)} by <@{by}>: {v.esc(reason)}"
+    return v.Message(text, (v.Section(text),))
+
+
+def end_freeze_in(services: Services, db: Database, env: str, how: str, *, expired_only: bool = False) -> bool:
+    """Remove the freeze of `env` and edit its notice to say `how` it ended; False if there was none."""
+    r = one(
+        db,
+        "SELECT * FROM freezes WHERE env = ?" + (" AND until <= ?" if expired_only else ""),
+        (env, services.clock.now()) if expired_only else (env,),
+    )
+    if r is None:
+        return False
+    db.execute("DELETE FROM freezes WHERE env = ?", (env,))
+    if r["notice_key"]:
+        services.outbox.update_in(
+            db, r["notice_key"], rendering.message(freeze_notice(env, r["until"], r["reason"], r["by"], how))
+        )
+    return True
+
+
+async def end_expired_freezes(services: Services) -> int:
+    """End the freezes that have run out (their notices say when); how many ended."""
+    now = services.clock.now()
+    due = await services.store.read(lambda db: rows(db, "SELECT env, until FROM freezes WHERE until <= ?", (now,)))
+    if not due:
+        return 0
+
+    def tx(db: Database) -> int:
+        return sum(end_freeze_in(services, db, d["env"], f"ended at {iso(d['until'])}", expired_only=True) for d in due)
+
+    ended = await services.store.write(tx)
+    services.outbox.kick()
+    return ended
 
 
 # --- checks ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import sqlite3
 from typing import Any
 
@@ -39,8 +40,11 @@ from bot.releases import (
     card,
     changelog_json,
     checks_json,
+    end_expired_freezes,
+    end_freeze_in,
     environment,
     fingerprint,
+    freeze_notice,
     freeze_of,
     image_path,
     load,
@@ -900,6 +904,7 @@ async def rollback_button(ctx: Ctx, ref: RollbackRef) -> v.Reply:
 @group.command("deploy status", c.word("service", optional=True), examples=("deploy status", "deploy status api"))
 async def status(ctx: Ctx, service: str | None) -> v.Reply:
     """Recent releases (all services, or one), newest first."""
+    await end_expired_freezes(ctx.services)  # their notices say they ended, as this answer will
     where, params = ("WHERE service = ?", (service,)) if service else ("", ())
     found = [
         release_from(r)
@@ -961,14 +966,6 @@ async def unlock(ctx: Ctx, env: str) -> v.Reply:
     return v.Reply.text(f"🔓 {env} is free.", public=True)
 
 
-def _freeze_notice(env: str, until: float | None, reason: str, by: str, lifted_by: str | None = None) -> v.Message:
-    if lifted_by:
-        text = f"🧊 ~{env} frozen~ — lifted by <@{lifted_by}>"
-    else:
-        text = f"🧊 *{env} is frozen* until {iso(until or 0)} by <@{by}>: {v.esc(reason)}"
-    return v.Message(text, (v.Section(text),))
-
-
 @group.command(
     "freeze",
     c.word("env"),
@@ -978,22 +975,32 @@ def _freeze_notice(env: str, until: float | None, reason: str, by: str, lifted_b
     examples=('freeze prod 2d "end of quarter"',),
 )
 async def freeze(ctx: Ctx, env: str, duration: Any, reason: str) -> v.Reply:
-    """Stop deploys to ENV for a while; a notice stays in the approvals channel."""
+    """Stop deploys to ENV for a while; a notice stays in the approvals channel until it ends."""
     environment(ctx.config, env)
     now = ctx.clock.now()
     until = now + duration.total_seconds()
-    key = f"freeze:{env}:{int(now)}"
+    key = f"freeze:{env}:{secrets.token_hex(6)}"  # one notice per freeze, however close together they come
+    # The notice is posted, not pinned: the outbox has no pin operation (and the Slack emulator no
+    # pins.add). It is edited when the freeze is lifted or replaced, and when a check, `deploy status`
+    # or `unfreeze` finds it run out (no periodic sweep reaches the deploy stage).
     channel = ctx.config.channels.approvals or ctx.config.channels.default
     services = ctx.services
 
     def tx(db: Database) -> None:
+        # A freeze replacing another: the old notice says so, rather than promising a stale end.
+        old = one(db, "SELECT until FROM freezes WHERE env = ?", (env,))
+        if old is not None:
+            how = (
+                f"ended at {iso(old['until'])}"
+                if old["until"] <= now
+                else f"replaced by a freeze by <@{ctx.actor}> until {iso(until)}"
+            )
+            end_freeze_in(services, db, env, how)
         db.execute(
-            "INSERT INTO freezes (env, until, reason, by, at, notice_key) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(env) DO UPDATE SET until = excluded.until, reason = excluded.reason,"
-            " by = excluded.by, at = excluded.at, notice_key = excluded.notice_key",
+            "INSERT INTO freezes (env, until, reason, by, at, notice_key) VALUES (?, ?, ?, ?, ?, ?)",
             (env, until, reason, ctx.actor, now, key),
         )
-        services.post_in(db, channel, _freeze_notice(env, until, reason, ctx.actor), key=key, dedupe=f"post:{key}")
+        services.post_in(db, channel, freeze_notice(env, until, reason, ctx.actor), key=key, dedupe=f"post:{key}")
 
     await ctx.store.write(tx)
     ctx.services.outbox.kick()
@@ -1004,12 +1011,12 @@ async def freeze(ctx: Ctx, env: str, duration: Any, reason: str) -> v.Reply:
 async def unfreeze(ctx: Ctx, env: str) -> v.Reply:
     """Lift a freeze of ENV."""
     environment(ctx.config, env)
-    r = await ctx.store.read(lambda db: one(db, "SELECT * FROM freezes WHERE env = ?", (env,)))
-    if r is None or r["until"] <= ctx.clock.now():
+    if await freeze_of(ctx.services, env) is None:  # ends one that has run out, notice and all
         raise Conflict(f"{env} is not frozen.")
-    await ctx.store.write(lambda db: db.execute("DELETE FROM freezes WHERE env = ?", (env,)))
-    if r["notice_key"]:
-        await ctx.services.update(r["notice_key"], _freeze_notice(env, None, r["reason"], r["by"], ctx.actor))
+    services = ctx.services
+    if not await ctx.store.write(lambda db: end_freeze_in(services, db, env, f"lifted early by <@{ctx.actor}>")):
+        raise Conflict(f"{env} is not frozen.")
+    ctx.services.outbox.kick()
     return v.Reply.text(f"🧊 {env} is open again.", public=True)
 
 

@@ -1,5 +1,6 @@
-"""Deploy checks end to end: `requires.tests: green` against builds whose JUnit results Jenkins archived
-(read through the Jenkins emulator, some of them unreadable)."""
+"""Deploy checks and environment notices end to end: `requires.tests: green` against builds whose JUnit
+results Jenkins archived (read through the Jenkins emulator, some of them unreadable), and the freeze
+notice in the approvals channel from `/ops freeze` to its end (lifted, replaced or run out)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from bot.clock import FakeClock
 from tests.emulators.jenkins import BuildScript, Case, JenkinsEmulator, junit_xml
 from tests.emulators.slack import SlackEmulator
 from tests.handlers.deploy_support import (
@@ -23,7 +25,7 @@ from tests.handlers.deploy_support import (
     set_running,
     text_of,
 )
-from tests.support import BOB, slack_ops, slack_workspace
+from tests.support import ALICE, BOB, slack_ops, slack_workspace
 
 TOKEN_ENV = "OPSLOOP_TEST_JENKINS_TOKEN"
 C = APPROVALS_CHANNEL
@@ -118,3 +120,49 @@ async def test_green_tests_are_required_and_incomplete_results_are_not_green(
         await h.command("deploy shop 1.2.0 to staging", user=BOB)
         assert "tests: 1 passed, 1 failed in build #4" in ephemerals(h, BOB)[-1]
         assert deploys(tmp_path) == ["shop 1.2.0 staging"]
+
+
+# --- the freeze notice -------------------------------------------------------------------------------------
+
+
+def notices(h: object, emu: SlackEmulator) -> list[str]:
+    return [text_of(emu.message(C, m.ts)) for m in emu.top_level(C) if m.text.startswith("🧊")]
+
+
+async def test_a_freeze_notice_in_the_approvals_channel_says_how_the_freeze_ended(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    clock = FakeClock()
+    cfg = command_config(tmp_path, repo, deploy_script(tmp_path))
+    async with slack_ops(tmp_path, emu, clock=clock, **cfg) as h:
+        await h.command('freeze prod 2h "end of quarter"', user=ALICE)
+        [notice] = notices(h, emu)
+        assert "*prod is frozen* until" in notice and "by <@U0ALICE>: end of quarter" in notice
+        # Pinning is not done (no pin operation in the Surface; the Slack emulator has no pins.add):
+        # the notice is an ordinary message, and nothing asked Slack for pins.
+        assert not [c for c in emu.calls if c.method.startswith("pins.")]
+
+        # Lifted by hand: the same message, struck through, says who lifted it.
+        await h.command("unfreeze prod", user=ALICE)
+        [notice] = notices(h, emu)
+        assert "🧊 ~prod is frozen until" in notice and "~ — lifted early by <@U0ALICE>" in notice
+
+        # A freeze replaced by a longer one: the first notice says so; one notice stays in force.
+        await h.command('freeze prod 1h "release party"', user=ALICE)
+        clock.advance(60)
+        await h.command('freeze prod 3h "incident INC-9"', user=BOB)
+        _, replaced, current = notices(h, emu)
+        assert "release party~ — replaced by a freeze by <@U0BOB> until" in replaced
+        assert "*prod is frozen* until" in current and "incident INC-9" in current
+
+        # Run out: the next look at prod (a deploy's checks, `deploy status`) ends it and edits the notice.
+        clock.advance(3 * 3600 + 1)
+        res = await h.command("deploy status", user=BOB)
+        assert "frozen" not in str(res.json)
+        _, _, ended = notices(h, emu)
+        assert "incident INC-9~ — ended at" in ended
+        res = await h.command("unfreeze prod", user=ALICE)
+        assert "prod is not frozen" in res.body_text
+        assert len(notices(h, emu)) == 3  # edits only, never a second notice for one freeze
