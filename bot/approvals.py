@@ -320,8 +320,9 @@ class Approvals:
         # microsecond, and the click came signed from a message that carries this request's button).
         same_channel = ref.channel == channel or not _CHANNEL_ID.match(ref.channel)
         if not same_channel or ref.ts != message_ts:
+            where = f"<#{ref.channel}>" if _CHANNEL_ID.match(ref.channel) else ref.channel
             raise NotAllowed(
-                f"This button does not belong to request `{a.id}`'s card in <#{ref.channel}>, so the click "
+                f"This button does not belong to request `{a.id}`'s card in {where}, so the click "
                 "doesn't count; use the buttons on that card."
             )
 

@@ -378,6 +378,34 @@ async def test_every_refusal_is_told_and_audited_with_its_reason(
             assert (await h.services.audit.verify()).ok
 
 
+async def test_a_card_found_again_after_a_restart_takes_its_own_clicks_and_refuses_replays(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    set_running(tmp_path, "shop", "prod", "1.1.0")
+    async with slack_ops(tmp_path, emu, **command_config(tmp_path, repo, deploy_script(tmp_path))) as h:
+        await h.command("deploy shop 1.2.0 to prod", user=BOB)
+        card = card_of(h, "Deploy shop 1.2.0 → prod")
+        # What the outbox keeps of a card it posted just before a SIGKILL and found again on restart
+        # (by its marker in conversations.history): the channel as configured, not its id.
+        await h.services.store.write(
+            lambda db: db.execute("UPDATE message_refs SET channel = '#approvals' WHERE key = 'release:1'")
+        )
+        el = find_button(emu.message(C, card.ts).blocks, "Approve")
+        await emu.send_action(
+            h.url, user_id=DAVE, action_id=el["action_id"], value=el["value"], channel_id="C0OPS", message_ts="1.2"
+        )
+        await h.settle(jobs=False)
+        assert "card in #approvals, so the click doesn't count" in last_ephemeral(h, DAVE)
+        await approve(h, card, CAROL)
+        assert "1 more needed" in last_ephemeral(h, CAROL)
+        await approve(h, card, DAVE)
+        assert "carrying it out" in last_ephemeral(h, DAVE)
+        await card_shows(h, card, "✅ done")
+        assert deploys(tmp_path) == ["shop 1.2.0 prod"]
+
+
 # --- 3. idempotency ----------------------------------------------------------------------------------------
 
 
