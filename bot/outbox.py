@@ -491,7 +491,18 @@ class Outbox:
         t = self.transport
         if op is Op.POST:
             thread_ts = r["thread_ts"] or await self._thread_ts(r)
-            channel, ts = await t.post(r["channel"], payload, thread_ts=thread_ts, marker=self._marker(r))
+            found = None
+            if r["attempts"] and not str(r["error"] or "").endswith("rate limited"):
+                # The last try timed out or got a 5xx: Slack may have posted it all the same (as at a
+                # restart, look for the marker first, or a retry would post it twice).
+                found = await t.find_posted(r["channel"], thread_ts, self._marker(r), r["created_at"] - 60)
+            if found is not None:
+                log.info(
+                    "outbox: row %s was posted by an attempt that failed (ts %s); not posting again", r["id"], found
+                )
+                channel, ts = r["channel"], found
+            else:
+                channel, ts = await t.post(r["channel"], payload, thread_ts=thread_ts, marker=self._marker(r))
             await self._store.write(lambda db: self._mark_sent(db, r, channel, ts))
             if r["ref_key"]:
                 for cb in self.on_posted:
