@@ -15,7 +15,7 @@ group's own buttons. A storm of 300 groups is 30 thread posts, then edits; one p
 for minutes behind Slack's one message per second per channel, while edits (chat.update) have their own,
 larger budget and coalesce (the outbox keeps only the newest pending edit of a message). A page stays
 under Slack's block-character ceiling: each group has GROUP_CHARS on it, and alerts that do not fit go
-to the group's overflow messages in the same thread, so every alert stays visible. Pages are rendered
+to the page's continuation messages in the same thread, so every alert stays visible. Pages are rendered
 off the delivery's write: a delivery only marks its groups dirty, and the pipeline renders each dirty
 digest (header and touched pages) at most once per DIGEST_REFRESH, so a storm costs a page render per
 second, not one per delivery.
@@ -488,25 +488,34 @@ def digest_page(
     return v.Message(f"{head} ({firing} firing)", tuple(blocks)), overflow
 
 
-def overflow_messages(g: Group, lines: Sequence[str]) -> list[v.Message]:
-    """The alerts of a group that its page had no room for: sections of at most SECTION_CHARS, messages
-    of at most PAGE_CHARS."""
-    head = f"More alerts of *{v.esc(g.title)}* (group `{g.id}`)"
+def overflow_messages(groups: Sequence[Group], overflow: dict[int, list[str]], page: int) -> list[v.Message]:
+    """The alerts that a page's groups had no room for, group by group: sections of at most SECTION_CHARS,
+    messages of at most PAGE_CHARS (a page of ten 50-alert groups is the page and about three of these)."""
+    head = f"Storm page {page + 1}, continued"
     messages: list[v.Message] = []
     sections: list[v.Block] = []
     used = len(head)
-    i = 0
-    while i < len(lines):
-        n = max(1, _fit(lines[i:], SECTION_CHARS))
-        chunk = "\n".join(lines[i : i + n])
-        if sections and used + len(chunk) > PAGE_CHARS:
-            messages.append(v.Message(f"More alerts of {g.title}", (v.Section(head), *sections)))
-            sections, used = [], len(head)
-        sections.append(v.Section(chunk))
-        used += len(chunk)
-        i += n
-    if sections:
-        messages.append(v.Message(f"More alerts of {g.title}", (v.Section(head), *sections)))
+
+    def flush() -> None:
+        nonlocal sections, used
+        if sections:
+            messages.append(v.Message(f"{head} ({len(messages) + 1})", (v.Context((head,)), *sections)))
+        sections, used = [], len(head)
+
+    for g in groups:
+        lines = [f"More of *{v.esc(g.title)}* (group `{g.id}`):", *overflow.get(g.id, ())]
+        if len(lines) == 1:
+            continue
+        i = 0
+        while i < len(lines):
+            n = max(1, _fit(lines[i:], SECTION_CHARS))
+            chunk = "\n".join(lines[i : i + n])
+            if used + len(chunk) > PAGE_CHARS or len(sections) >= 40:
+                flush()
+            sections.append(v.Section(chunk))
+            used += len(chunk)
+            i += n
+    flush()
     return messages
 
 
@@ -957,10 +966,9 @@ class AlertPipeline:
         )
         page_key = f"{page.key}:page:{page.number + 1}"
         self.s.post_in(db, page.channel, message, key=page_key, thread_key=page.key, dedupe=f"post:{page_key}")
-        for g in groups:
-            for n, more in enumerate(overflow_messages(g, overflow.get(g.id, ())), start=1):
-                more_key = f"{g.card_key}:more:{n}"
-                self.s.post_in(db, page.channel, more, key=more_key, thread_key=page.key, dedupe=f"post:{more_key}")
+        for n, more in enumerate(overflow_messages(groups, overflow, page.number), start=1):
+            more_key = f"{page_key}:more:{n}"
+            self.s.post_in(db, page.channel, more, key=more_key, thread_key=page.key, dedupe=f"post:{more_key}")
 
     def _event(self, db: Database, gr: dict[str, Any], kind: str, now: float) -> None:
         db.execute(

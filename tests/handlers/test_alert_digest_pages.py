@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot import rendering
-from bot.alerts import PAGE_GROUPS, Group, StoredAlert, digest_page, overflow_messages
+from bot.alerts import PAGE_CHARS, PAGE_GROUPS, SECTION_CHARS, Group, StoredAlert, digest_page, overflow_messages
 from bot.ports import Alert, AlertBatch, AlertStatus, Severity
 from tests.emulators.slack import SlackEmulator
 from tests.support import ALICE, slack_ops, slack_workspace
@@ -106,11 +106,14 @@ def test_pages_and_overflow_show_every_alert_within_block_kit_limits(per_group: 
     page = rendering.message(msg)
     check_limits(page)
     seen = set(TOKEN.findall(visible_text(page["blocks"])))
-    for g, _ in groups:
-        for more in overflow_messages(g, overflow.get(g.id, [])):
-            body = rendering.message(more)
-            check_limits(body)
-            seen |= set(TOKEN.findall(visible_text(body["blocks"])))
+    continued = overflow_messages([g for g, _ in groups], overflow, 2)
+    for more in continued:
+        body = rendering.message(more)
+        check_limits(body)
+        seen |= set(TOKEN.findall(visible_text(body["blocks"])))
+    # Continuations are filled up to the page budget (less at most one section each), not one per group.
+    chars = sum(len(line) + 1 for lines in overflow.values() for line in lines)
+    assert len(continued) <= 1 + chars // (PAGE_CHARS - SECTION_CHARS)
     assert seen == {f"{a.id:04d}" for _, alerts in groups for a in alerts}
     assert bool(overflow) == (per_group >= 40)  # small groups fit on their page
     text = visible_text(page["blocks"])
@@ -170,8 +173,8 @@ async def test_a_storm_shows_every_alert_in_its_thread_and_a_page_button_acts_on
         assert visible() == everything
         [digest] = [m for m in emu.top_level("C0ALERTS") if m.text.startswith("🌩️")]
         thread = emu.replies("C0ALERTS", digest.ts)
-        pages = [m for m in thread if m.text.startswith("Storm page")]
-        assert len(pages) == 3 and len(thread) > 3  # 21 groups in the digest; group 7's overflow follows
+        pages = [m for m in thread if m.text.startswith("Storm page") and "continued" not in m.text]
+        assert len(pages) == 3 and len(thread) == 4  # 21 groups in the digest; group 7's overflow follows
         for m in thread:
             check_limits({"blocks": m.blocks})
 
