@@ -67,7 +67,7 @@ from bot.ports import (
     TestResultsReader,
     Tracker,
 )
-from bot.redact import Redactor
+from bot.redact import Redactor, redact_own_logs
 from bot.router import CommandGroup, Router
 from bot.store import Store
 from bot.web import build_web_app
@@ -456,6 +456,7 @@ async def build(
     )
     ref.append(services)
     router = Router(groups, services)
+    redact_own_logs(redactor)  # after every stage and adapter module has made its logger
     return Opsloop(config, env, services, router, store, transport, surface, tools)
 
 

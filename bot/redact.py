@@ -79,7 +79,8 @@ class Redactor:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that redacts the formatted message of every record."""
+    """A logging filter that redacts the formatted message of every record, and its traceback (as the
+    `exc_text` that standard formatters print instead of formatting the exception again)."""
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__()
@@ -90,4 +91,22 @@ class RedactingFilter(logging.Filter):
         clean = self.redactor.text(msg)
         if clean != msg:
             record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = self.redactor.text(_TRACEBACKS.formatException(record.exc_info))
         return True
+
+
+_TRACEBACKS = logging.Formatter()
+OWN_LOGGERS = ("bot", "handlers", "adapters")
+
+
+def redact_own_logs(redactor: Redactor) -> None:
+    """Mask secrets in every record opsloop's own loggers make, before any handler sees it (pytest's,
+    journald's, one an operator adds), not only in the handler `opsloop run` installs: tools' error
+    messages are logged as they came. Replaces the filter an earlier call installed."""
+    flt = RedactingFilter(redactor)
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger) and name.split(".", 1)[0] in OWN_LOGGERS:
+            for old in [f for f in lg.filters if isinstance(f, RedactingFilter)]:
+                lg.removeFilter(old)
+            lg.addFilter(flt)

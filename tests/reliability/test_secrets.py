@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import stat
-import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,20 +84,16 @@ def leaky_text(secrets: dict[str, str], where: str) -> str:
 
 
 class Records(logging.Handler):
-    """Every record, raw, as any other handler an operator adds would see it."""
+    """Every record, as any other handler (pytest's caplog, one an operator adds) would print it."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = record.getMessage()
-        except Exception:  # a record whose args do not format is still searched as it is
-            text = f"{record.msg} {record.args}"
-        if record.exc_info and record.exc_info[1] is not None:
-            text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
-        self.lines.append(f"{record.name}: {text}")
+        # What pytest's caplog and any standard formatter would print: the message and the traceback.
+        self.lines.append(self.format(record))
 
 
 @dataclass
@@ -152,9 +147,10 @@ async def check(rig: Rig, scenario: str, marker: str) -> None:
 # --- the opsloop under test --------------------------------------------------------------------------------
 
 
-async def prometheus_that_echoes(secrets: dict[str, str]) -> web.AppRunner:
+async def tools_that_echo(secrets: dict[str, str]) -> web.AppRunner:
     """A Prometheus whose every query fails with an error that repeats secrets back (a proxy that echoes
-    the Authorization header, a parser that quotes the whole query and its credentials)."""
+    the Authorization header, a parser that quotes the whole query and its credentials), and an
+    Alertmanager whose API fails with a 500 that quotes them too."""
 
     async def query(request: web.Request) -> web.Response:
         said = (
@@ -165,8 +161,18 @@ async def prometheus_that_echoes(secrets: dict[str, str]) -> web.AppRunner:
         )
         return web.json_response({"status": "error", "errorType": "bad_data", "error": said}, status=400)
 
+    async def alertmanager(request: web.Request) -> web.Response:
+        # Alertmanager's API failing with a plain-text 500 that quotes what it was sent.
+        said = (
+            f"MARKER-tool-500: internal error storing silence for https://am:{secrets['password in a URL']}"
+            f"@alertmanager.example.com: {secrets['Slack bot token']} {secrets['AWS access key id']} "
+            f"{secrets['Jenkins API token']} {secrets['webhook token']}"
+        )
+        return web.Response(text=said, status=500)
+
     app = web.Application()
     app.router.add_route("*", "/api/v1/{tail:.*}", query)
+    app.router.add_route("*", "/api/v2/{tail:.*}", alertmanager)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -207,7 +213,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
             )
             script.chmod(script.stat().st_mode | stat.S_IXUSR)
             mp.setenv("AWS_KEY", secrets["AWS access key id"])
-            prom = await prometheus_that_echoes(secrets)
+            prom = await tools_that_echo(secrets)
             prom_port = prom.addresses[0][1]
             (tmp / "versions").mkdir()
             cfg: dict[str, Any] = {
@@ -229,6 +235,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
                         "poll": 0.05,
                     },
                     "prometheus": {"url": f"http://127.0.0.1:{prom_port}", "timeout": 5},
+                    "alertmanager": {"url": f"http://127.0.0.1:{prom_port}", "timeout": 5},
                     "command": {"version_file": str(tmp / "versions" / "{service}-{env}")},
                 },
             }
@@ -322,9 +329,18 @@ async def test_tool_error_message(rig: Rig) -> None:
 
 
 @MODULE_LOOP
+async def test_tool_error_500(rig: Rig) -> None:
+    await rig.h.command('silence alertname=ApiErrors 1h "fix rolling out"')
+    await rig.h.command("silences")
+    await check(rig, "error message (Alertmanager answering 500 with them)", "MARKER-tool-500")
+
+
+@MODULE_LOOP
 async def test_the_audit_log_saw_every_scenario(rig: Rig) -> None:
     actions = await rig.h.services.store.read(lambda db: [r["action"] for r in rows(db, "SELECT action FROM audit")])
-    assert {"build.run", "build.log", "deploy.run", "monitor.query", "monitor.alerts"} <= set(actions)
+    assert {"build.run", "build.log", "deploy.run", "monitor.query", "monitor.alerts", "monitor.silence"} <= set(
+        actions
+    )
     assert os.environ.get("SECRETS_JENKINS_TOKEN") == rig.secrets["Jenkins API token"]
 
 
@@ -372,3 +388,20 @@ def test_the_log_handler_masks_exception_text_too() -> None:
     assert "tool failed" in text and "RuntimeError" in text
     for secret in (SHAPED["password in a URL"], SHAPED["GitHub token"], "configured-secret-value"):
         assert secret not in text, text
+
+
+def test_own_loggers_mask_before_any_handler(caplog: pytest.LogCaptureFixture) -> None:
+    """What opsloop's own loggers emit is masked in the record itself, so pytest's caplog (or any handler
+    an operator adds) never sees a secret either; the traceback too."""
+    from bot.redact import Redactor, redact_own_logs
+
+    redact_own_logs(Redactor(["configured-secret-value"]))
+    log = logging.getLogger("bot.router")
+    with caplog.at_level(logging.INFO, logger="bot.router"):
+        try:
+            raise RuntimeError(f"tool said: token={SHAPED['GitHub token']} configured-secret-value")
+        except RuntimeError as err:
+            log.error("query by U0ALICE failed: %s", err, exc_info=err)
+    assert caplog.records and "query by U0ALICE failed" in caplog.text and "RuntimeError" in caplog.text
+    for secret in (SHAPED["GitHub token"], "configured-secret-value"):
+        assert secret not in caplog.text, caplog.text
