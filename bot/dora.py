@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 import statistics
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from itertools import chain
+from typing import Any, NamedTuple
 
 from sqlite_utils import Database
-
-from bot.store import rows
 
 CHOICES = (
     "deployments: successful deploys to production",
@@ -53,8 +54,9 @@ LEVELS_2024 = (
 )
 
 
-@dataclass(frozen=True)
-class Deployment:
+class Deployment(NamedTuple):
+    """A successful deploy to production, as one window sees it (a tuple: a year holds tens of thousands)."""
+
     release: int
     service: str
     at: float
@@ -62,6 +64,19 @@ class Deployment:
     failure_reason: str | None
     lead_times: tuple[float, ...]
     recovered_at: float | None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The values of a window, each computed once."""
+
+    frequency_per_day: float
+    lead_time_s: float | None
+    change_failure_rate: float | None
+    recovery_s: float | None
+    unrecovered: int
+    rework_rate: float | None
+    levels: dict[str, str]
 
 
 @dataclass
@@ -83,8 +98,9 @@ class Dora:
 
     @property
     def lead_time_s(self) -> float | None:
-        times = [t for d in self.deployments for t in d.lead_times if t > 0]
-        return statistics.median(times) if times else None
+        times = sorted(chain.from_iterable(d.lead_times for d in self.deployments))
+        positive = times[bisect_right(times, 0.0) :]
+        return statistics.median(positive) if positive else None
 
     @property
     def change_failure_rate(self) -> float | None:
@@ -105,123 +121,265 @@ class Dora:
     def rework_rate(self) -> float | None:
         if not self.deployments:
             return None
-        failures = [d for d in self.deployments if d.failed]
-        rework = sum(
-            1
-            for d in self.deployments
-            if any(
-                f.service == d.service and 0 < d.at - f.at <= REWORK_WINDOW and f.release != d.release for f in failures
-            )
-        )
-        return rework / len(self.deployments)
+        # From each failure, the deployments of its service in the day after it (by time, per service).
+        by_service: dict[str, list[tuple[float, int]]] = {}
+        for i, d in enumerate(self.deployments):
+            by_service.setdefault(d.service, []).append((d.at, i))
+        for times in by_service.values():
+            times.sort()
+        rework: set[int] = set()
+        for f in self.deployments:
+            if not f.failed:
+                continue
+            times = by_service[f.service]
+            # The slack keeps the float rounding of `d.at - f.at` on the safe side; the exact test decides.
+            lo = bisect_right(times, (f.at, len(self.deployments)))
+            hi = bisect_right(times, (f.at + REWORK_WINDOW + 1.0 + abs(f.at) * 1e-9, len(self.deployments)), lo)
+            for at, i in times[lo:hi]:
+                if 0 < at - f.at <= REWORK_WINDOW and f.release != self.deployments[i].release:
+                    rework.add(i)
+        return len(rework) / len(self.deployments)
 
     def level(self) -> dict[str, str]:
-        """The 2024 cluster of each metric (None when there is no data for it)."""
-        out: dict[str, str] = {}
-        # (metric, value, index of its bound in a level, whether more is better)
-        checks: list[tuple[str, float | None, int, bool]] = [
-            ("frequency", self.frequency_per_day if self.deployments else None, 1, True),
-            ("lead_time", self.lead_time_s, 2, False),
-            ("change_failure_rate", self.change_failure_rate, 3, False),
-            ("recovery", self.recovery_s, 4, False),
-        ]
-        for name, value, idx, more_is_better in checks:
-            if value is None:
-                out[name] = "no data"
-                continue
-            out[name] = next(
-                str(lv[0])
-                for lv in LEVELS_2024
-                if ((value >= float(lv[idx])) if more_is_better else (value <= float(lv[idx])))
-            )
-        return out
+        """The 2024 cluster of each metric ("no data" when there is no data for it)."""
+        return _levels(
+            self.frequency_per_day if self.deployments else None,
+            self.lead_time_s,
+            self.change_failure_rate,
+            self.recovery_s,
+        )
+
+    def metrics(self) -> Metrics:
+        """Every value and level at once (each property computes afresh when asked)."""
+        frequency, lead, cfr, recovery = (
+            self.frequency_per_day,
+            self.lead_time_s,
+            self.change_failure_rate,
+            self.recovery_s,
+        )
+        levels = _levels(frequency if self.deployments else None, lead, cfr, recovery)
+        return Metrics(frequency, lead, cfr, recovery, self.unrecovered, self.rework_rate, levels)
+
+
+def _levels(
+    frequency: float | None, lead_time: float | None, failure_rate: float | None, recovery: float | None
+) -> dict[str, str]:
+    out: dict[str, str] = {}
+    # (metric, value, index of its bound in a level, whether more is better)
+    checks: list[tuple[str, float | None, int, bool]] = [
+        ("frequency", frequency, 1, True),
+        ("lead_time", lead_time, 2, False),
+        ("change_failure_rate", failure_rate, 3, False),
+        ("recovery", recovery, 4, False),
+    ]
+    for name, value, idx, more_is_better in checks:
+        if value is None:
+            out[name] = "no data"
+            continue
+        out[name] = next(
+            str(lv[0])
+            for lv in LEVELS_2024
+            if ((value >= float(lv[idx])) if more_is_better else (value <= float(lv[idx])))
+        )
+    return out
 
 
 def compute(db: Database, *, production: str, start: float, end: float, service: str | None = None) -> Dora:
     """The metrics of deployments that finished in [start, end). Windowed, indexed queries only."""
-    svc_clause, svc_params = (" AND service = ?", (service,)) if service else ("", ())
-    # Finished rollouts to production (deploys and rollbacks) from the events table, plus a little after
-    # the window for recoveries and late failures.
-    finished = rows(
-        db,
-        "SELECT at, service, ref, detail FROM events WHERE kind = 'deploy.finished' AND env = ? AND at >= ? AND at < ?"
-        f"{svc_clause} ORDER BY at",
-        (production, start, end + 30 * DAY, *svc_params),
-    )
-    releases: dict[int, dict[str, Any]] = {}
-    ids = [json.loads(r["detail"]).get("release") for r in finished]
-    ids = [i for i in ids if isinstance(i, int)]
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        marks = ",".join("?" for _ in chunk)
-        for r in rows(
-            db, f"SELECT id, action, state, changelog, bake_until FROM releases WHERE id IN ({marks})", chunk
-        ):
-            releases[int(r["id"])] = r
-    rolled_back = {
-        int(json.loads(r["detail"]).get("release", 0))
-        for r in rows(
-            db,
-            "SELECT detail FROM events WHERE kind = 'deploy.rolled_back' AND env = ? AND at >= ? AND at < ?"
-            f"{svc_clause}",
-            (production, start, end + 30 * DAY, *svc_params),
-        )
-    }
-    alerts = rows(
-        db,
-        "SELECT service, first_seen FROM alert_groups WHERE severity = 'critical' AND (env = ? OR env IS NULL)"
-        f" AND first_seen >= ? AND first_seen < ?{svc_clause} ORDER BY first_seen",
-        (production, start, end + 30 * DAY + FAILURE_WINDOW, *svc_params),
-    )
-    good: list[tuple[float, str]] = []  # (at, service) of successful rollouts (deploys and rollbacks)
-    deploys: list[dict[str, Any]] = []
-    for r in finished:
-        d = json.loads(r["detail"])
-        if not d.get("ok"):
-            continue
-        good.append((float(r["at"]), r["service"]))
-        if d.get("action", "deploy") == "deploy" and start <= r["at"] < end:
-            deploys.append({"at": float(r["at"]), "service": r["service"], "release": d.get("release"), **d})
-    out = Dora(start, end, service)
-    for dep in deploys:
-        rel = releases.get(int(dep["release"] or 0), {})
-        at = dep["at"]
-        reason = None
-        if dep["release"] in rolled_back or rel.get("state") == "rolled_back":
-            reason = "rolled back"
-        else:
-            until = float(rel.get("bake_until") or (at + FAILURE_WINDOW))
-            hit = next((a for a in alerts if a["service"] == dep["service"] and at <= a["first_seen"] <= until), None)
-            if hit is not None:
-                reason = "critical alert during the bake"
-        commits = json.loads(rel["changelog"]) if rel.get("changelog") else []
-        leads = []
-        for c in commits:
-            try:
-                leads.append(at - datetime.fromisoformat(c["date"]).timestamp())
-            except (KeyError, ValueError):
-                continue
-        recovered = None
-        if reason is not None:
-            recovered = next((t for t, s in good if s == dep["service"] and t > at), None)
-        out.deployments.append(
-            Deployment(
-                int(dep["release"] or 0), dep["service"], at, reason is not None, reason, tuple(leads), recovered
-            )
-        )
-    return out
+    return _History.read(db, production, start, end, service).judged(start, end, weeks=False)[0]
 
 
 def weekly(
     db: Database, *, production: str, start: float, end: float, service: str | None = None
 ) -> list[tuple[float, Dora]]:
     """The same metrics per week (for the trend chart)."""
+    return _History.read(db, production, start, end, service).judged(start, end)[1]
+
+
+def compute_with_weeks(
+    db: Database, *, production: str, start: float, end: float, service: str | None = None
+) -> tuple[Dora, list[tuple[float, Dora]]]:
+    """`compute` and `weekly` of one window from a single read of the database (what `/ops dora` shows)."""
+    return _History.read(db, production, start, end, service).judged(start, end)
+
+
+# A window [s, e) looks for what happened to its deployments (rollbacks, recoveries, alerts in the bake)
+# until e + HORIZON. One read covers a window and every week in it; each week applies its own bounds, so
+# its answer is the one it would get read on its own.
+HORIZON = 30 * DAY
+
+# Production rollouts from dora_rollouts through its covering index (what each deploy.finished event says,
+# kept by triggers: no JSON is read), each with its release's outcome from the covering index
+# releases_outcome (the rows hold the changelog before bake_until) and its commit times from
+# release_commits (kept by triggers too; migrations m008 and m009).
+_ROLLOUTS = (
+    "SELECT r.at, r.service, r.release, r.ok, r.action, o.state, o.bake_until, c.times FROM dora_rollouts AS r"
+    " LEFT JOIN releases AS o INDEXED BY releases_outcome ON o.id = r.release AND typeof(r.release) = 'integer'"
+    " LEFT JOIN release_commits AS c ON c.release = o.id"
+    " WHERE r.env = ? AND r.at >= ? AND r.at < ?{svc} ORDER BY r.at"
+)
+_ROLLED_BACK = (
+    "SELECT at, json_extract(detail, '$.release') FROM events"
+    " WHERE kind = 'deploy.rolled_back' AND env = ? AND at >= ? AND at < ?{svc} ORDER BY at"
+)
+_CRITICAL = (  # the covering index alert_groups_critical
+    "SELECT service, first_seen FROM alert_groups WHERE severity = 'critical' AND (env = ? OR env IS NULL)"
+    " AND first_seen >= ? AND first_seen < ?{svc} ORDER BY first_seen"
+)
+
+
+class _Deploy:
+    """A successful production deploy and what its windows judge it by: the rollbacks of its release, the
+    first critical alert of its service from its finish until the end of its bake (or one hour), and the
+    successful rollouts of its service (the first one after it recovers it)."""
+
+    __slots__ = ("alert", "at", "good", "leads", "plain", "release", "rollbacks", "rolled_back", "service")
+
+    def __init__(
+        self,
+        at: float,
+        service: str,
+        release: Any,
+        rolled_back: bool,
+        leads: tuple[float, ...],
+        rollbacks: Sequence[float],
+        alert: float | None,
+        good: list[float],
+    ) -> None:
+        self.at, self.service, self.release, self.leads = at, service, release, leads
+        self.rolled_back, self.rollbacks, self.alert, self.good = rolled_back, rollbacks, alert, good
+        self.plain = alert is None and not rolled_back and not rollbacks  # no window can fail it
+
+    def next_good(self) -> float | None:
+        i = bisect_right(self.good, self.at)
+        return self.good[i] if i < len(self.good) else None
+
+    def judge(self, s: float, e: float) -> tuple[str | None, float | None]:
+        """Why it failed, and when it recovered, as the window [s, e) sees it (which reads until e + HORIZON)."""
+        horizon = e + HORIZON
+        if self.rolled_back or any(s <= t < horizon for t in self.rollbacks):
+            reason: str | None = "rolled back"
+        elif self.alert is not None and self.alert < e + HORIZON + FAILURE_WINDOW:
+            reason = "critical alert during the bake"
+        else:
+            return None, None
+        good = self.next_good()
+        return reason, (good if good is not None and good < horizon else None)
+
+    def seen_alike(self, e: float) -> bool:
+        """Whether every window ending at or after `e` judges it the same (nothing it depends on happens
+        between e + HORIZON and a later end + HORIZON), without judging it."""
+        if self.plain:
+            return True
+        good = self.next_good()
+        return (
+            not self.rollbacks
+            and (good is None or good < e + HORIZON)
+            and (self.alert is None or self.alert < e + HORIZON + FAILURE_WINDOW)
+        )
+
+    def deployment(self, s: float, e: float) -> Deployment:
+        if self.plain:
+            return Deployment(int(self.release or 0), self.service, self.at, False, None, self.leads, None)
+        reason, recovered = self.judge(s, e)
+        return Deployment(
+            int(self.release or 0), self.service, self.at, reason is not None, reason, self.leads, recovered
+        )
+
+
+_JSON = json.JSONDecoder()
+
+
+def _leads(at: float, stamps: list[Any]) -> tuple[float, ...]:
+    """Lead times from the commit times of a release_commits row (exact microseconds, or dates)."""
+    try:
+        # us / 1_000_000 is what datetime.timestamp() computes from the same microseconds.
+        return tuple([at - us / 1_000_000 for us in stamps])
+    except TypeError:  # a date SQLite did not convert
+        pass
     out = []
-    t = start
-    while t < end:
-        out.append((t, compute(db, production=production, start=t, end=min(end, t + 7 * DAY), service=service)))
-        t += 7 * DAY
-    return out
+    for t in stamps:
+        try:
+            out.append(at - (t / 1_000_000 if type(t) is int else datetime.fromisoformat(t).timestamp()))
+        except (TypeError, ValueError):
+            continue
+    return tuple(out)
+
+
+@dataclass
+class _History:
+    """The successful deploys of a window, judged by what happened until its end + HORIZON (read once)."""
+
+    service: str | None
+    deploys: list[Deployment | _Deploy]  # in time order; a _Deploy is judged by each window
+
+    @classmethod
+    def read(cls, db: Database, production: str, start: float, end: float, service: str | None) -> _History:
+        svc, svc_params = (" AND service = ?", (service,)) if service else ("", ())
+        horizon = end + HORIZON
+        rollbacks: dict[Any, list[float]] = {}  # release -> when it was rolled back
+        for at, release in db.execute(_ROLLED_BACK.format(svc=svc), (production, start, horizon, *svc_params)):
+            rollbacks.setdefault(int(release if release is not None else 0), []).append(at)
+        alerts: dict[str, list[float]] = {}  # service -> first_seen of its critical alert groups
+        for name, first_seen in db.execute(
+            _CRITICAL.format(svc=svc), (production, start, horizon + FAILURE_WINDOW, *svc_params)
+        ):
+            alerts.setdefault(name, []).append(first_seen)
+        deploys: list[Deployment | _Deploy] = []
+        good: dict[str, list[float]] = {}  # service -> finish times of successful rollouts (any action)
+        decode, no_alerts = _JSON.raw_decode, ()
+        for at, name, release, ok, action, state, bake_until, times in db.execute(
+            _ROLLOUTS.format(svc=svc.replace("service", "r.service")), (production, start, horizon, *svc_params)
+        ):
+            if not ok:
+                continue
+            rollouts = good.get(name)
+            if rollouts is None:
+                rollouts = good[name] = []
+            rollouts.append(at)
+            if action == "deploy" and at < end:
+                seen = alerts.get(name, no_alerts)
+                i = bisect_left(seen, at)
+                alert = seen[i] if i < len(seen) and seen[i] <= float(bake_until or (at + FAILURE_WINDOW)) else None
+                leads = _leads(at, decode(times)[0]) if times else ()
+                if alert is None and state != "rolled_back" and release not in rollbacks:  # most: no window fails it
+                    deploys.append(Deployment(int(release or 0), name, at, False, None, leads, None))
+                else:
+                    rolled_back, back = state == "rolled_back", rollbacks.get(release, ())
+                    deploys.append(_Deploy(at, name, release, rolled_back, leads, back, alert, rollouts))
+        return cls(service, deploys)
+
+    def judged(self, start: float, end: float, weeks: bool = True) -> tuple[Dora, list[tuple[float, Dora]]]:
+        """The window [start, end) and its weeks (from `start`, a week at a time), in one pass: a week shares
+        the window's Deployment wherever it judges it the same."""
+        whole = Dora(start, end, self.service)
+        trend: list[tuple[float, Dora]] = []
+        t = start
+        while weeks and t < end:  # the boundaries adding a week at a time always gave
+            trend.append((t, Dora(t, min(end, t + 7 * DAY), self.service)))
+            t += 7 * DAY
+        firsts = [t for t, _ in trend]
+        for d in self.deploys:
+            if not start <= d.at < end:
+                continue
+            x = d if isinstance(d, Deployment) else d.deployment(start, end)
+            whole.deployments.append(x)
+            i = bisect_right(firsts, d.at) - 1
+            if i < 0:
+                continue
+            week = trend[i][1]
+            if isinstance(d, _Deploy) and not (
+                d.seen_alike(week.end) or d.judge(week.start, week.end) == (x.failure_reason, x.recovered_at)
+            ):
+                x = d.deployment(week.start, week.end)
+            week.deployments.append(x)
+        return whole, trend
+
+
+def _first(times: Sequence[float], t: float, before: float) -> float | None:
+    """The first of the sorted `times` at or after `t`, if it is before `before`."""
+    i = bisect_left(times, t)
+    return times[i] if i < len(times) and times[i] < before else None
 
 
 def human(seconds: float | None) -> str:

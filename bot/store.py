@@ -441,26 +441,30 @@ def m007_alert_digest_pages(db: Database) -> None:
 
 @MIGRATIONS()
 def m008_dora(db: Database) -> None:
-    # `/ops dora` over a year reads only these (bot/dora.py): production rollouts with their detail (a
-    # covering partial index: the events rows are never read), the outcome of their releases (the rows
-    # hold the changelog before bake_until), critical alert groups by time, and the commit dates of
-    # each release, kept by triggers so a year of changelog JSON is not parsed on every question.
+    # `/ops dora` over a year reads only these (bot/dora.py): the outcome of each release (its row holds
+    # the changelog before bake_until), critical alert groups by time, and the commit times of each
+    # release (release_commits, below). m009 replaced this index on the events with a table.
     db.execute("CREATE INDEX events_rollouts ON events(kind, env, at, service, detail) WHERE kind = 'deploy.finished'")
     db.execute("CREATE INDEX releases_outcome ON releases(id, state, bake_until)")
     db.execute("CREATE INDEX alert_groups_critical ON alert_groups(severity, first_seen, service, env)")
+    db.execute("CREATE TABLE release_commits (release INTEGER PRIMARY KEY, times TEXT NOT NULL)")
+    _release_commits(db)
+
+
+def _release_commits(db: Database) -> None:
     # The commit times of each release in changelog order, as a JSON array, kept by triggers so that a
     # year of changelog JSON is not parsed again on every question: integer microseconds since the epoch
-    # where SQLite converts the date exactly (the UTC form isoformat() writes, a date that survives a round
-    # trip), else the date as written, for bot/dora.py to parse.
-    db.execute("CREATE TABLE release_commits (release INTEGER PRIMARY KEY, times TEXT NOT NULL)")
+    # where SQLite converts the date exactly (the UTC form isoformat() writes, of a real date: one that
+    # survives a round trip), else the date as written, for bot/dora.py to parse.
     date = "json_extract(j.value, '$.date')"
+    day = f"substr({date}, 1, 19)"
     us = (
-        f"CASE WHEN json_type(j.value, '$.date') = 'text' AND substr({date}, 1, 19) GLOB"
+        f"CASE WHEN json_type(j.value, '$.date') = 'text' AND {day} GLOB"
         " '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]'"
         f" AND (substr({date}, 20) = '+00:00' OR substr({date}, 20) GLOB '.[0-9][0-9][0-9][0-9][0-9][0-9]+00:00')"
         f" AND substr({date}, 1, 4) > '0000'"
-        f" AND strftime('%Y-%m-%dT%H:%M:%S', substr({date}, 1, 19)) = substr({date}, 1, 19)"
-        f" THEN unixepoch(substr({date}, 1, 19)) * 1000000"
+        f" AND strftime('%Y-%m-%dT%H:%M:%S', unixepoch({day}), 'unixepoch') = {day}"
+        f" THEN unixepoch({day}) * 1000000"
         f" + iif(length({date}) = 32, CAST(substr({date}, 21, 6) AS INTEGER), 0) ELSE CAST({date} AS TEXT) END"
     )
 
@@ -473,6 +477,8 @@ def m008_dora(db: Database) -> None:
             f"{source}"
         )
 
+    for name in ("insert", "update", "delete"):
+        db.execute(f"DROP TRIGGER IF EXISTS release_commits_{name}")
     db.execute(
         "CREATE TRIGGER release_commits_insert AFTER INSERT ON releases BEGIN"
         f" DELETE FROM release_commits WHERE release = NEW.id; {times('NEW.id', 'NEW.changelog')}; END"
@@ -485,4 +491,37 @@ def m008_dora(db: Database) -> None:
         "CREATE TRIGGER release_commits_delete AFTER DELETE ON releases BEGIN"
         " DELETE FROM release_commits WHERE release = OLD.id; END"
     )
+    db.execute("DELETE FROM release_commits")
     db.execute(times("r.id", "r.changelog", " FROM releases AS r"))  # the releases there already
+
+
+@MIGRATIONS()
+def m009_dora_rollouts(db: Database) -> None:
+    # Production rollouts for bot/dora.py without reading JSON: each deploy.finished event's release, ok
+    # and action, kept by triggers, read through a covering index. And m008's commit times again, for a
+    # database that took m008 before it checked that a date exists (2026-02-30).
+    db.execute("DROP INDEX IF EXISTS events_rollouts")
+    db.execute(
+        "CREATE TABLE dora_rollouts (event INTEGER PRIMARY KEY, at REAL NOT NULL, service TEXT, env TEXT,"
+        " release, ok, action)"
+    )
+    db.execute("CREATE INDEX dora_rollouts_env ON dora_rollouts(env, at, service, release, ok, action)")
+    fields = (
+        "json_extract(NEW.detail, '$.release'), json_extract(NEW.detail, '$.ok'),"
+        " ifnull(json_extract(NEW.detail, '$.action'), iif(json_type(NEW.detail, '$.action') IS NULL, 'deploy', NULL))"
+    )
+    insert = (
+        "INSERT INTO dora_rollouts (event, at, service, env, release, ok, action)"
+        f" SELECT NEW.id, NEW.at, NEW.service, NEW.env, {fields} WHERE NEW.kind = 'deploy.finished'"
+    )
+    db.execute(f"CREATE TRIGGER dora_rollouts_insert AFTER INSERT ON events BEGIN {insert}; END")
+    db.execute(
+        "CREATE TRIGGER dora_rollouts_update AFTER UPDATE OF id, at, kind, service, env, detail ON events BEGIN"
+        f" DELETE FROM dora_rollouts WHERE event IN (OLD.id, NEW.id); {insert}; END"
+    )
+    db.execute(
+        "CREATE TRIGGER dora_rollouts_delete AFTER DELETE ON events BEGIN"
+        " DELETE FROM dora_rollouts WHERE event = OLD.id; END"
+    )
+    db.execute(insert.replace("NEW.", "e.").replace(" WHERE e.kind", " FROM events AS e WHERE e.kind"))
+    _release_commits(db)

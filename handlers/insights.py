@@ -9,7 +9,7 @@ from bot import commands as c
 from bot import views as v
 from bot.clock import iso
 from bot.context import Ctx, Services
-from bot.dora import CHOICES, DAY, REPORT_YEAR, Dora, compute, human, pct, weekly
+from bot.dora import CHOICES, DAY, REPORT_YEAR, Dora, compute_with_weeks, human, pct
 from bot.durations import parse_duration
 from bot.jobs import JobCtx
 from bot.ports import Series
@@ -53,20 +53,21 @@ async def audit(ctx: Ctx, n: int) -> v.Reply:
 
 def dora_blocks(d: Dora, title: str) -> list[v.Block]:
     """The four keys and rework with their 2024 levels, and what opsloop chose to count."""
-    lv = d.level()
+    m = d.metrics()
+    lv = m.levels
     fields = (
         (
             "Deployment frequency",
-            f"{d.frequency_per_day * 7:.1f} per week ({len(d.deployments)}) · *{lv['frequency']}*",
+            f"{m.frequency_per_day * 7:.1f} per week ({len(d.deployments)}) · *{lv['frequency']}*",
         ),
-        ("Lead time for changes", f"{human(d.lead_time_s)} · *{lv['lead_time']}*"),
-        ("Change failure rate", f"{pct(d.change_failure_rate)} · *{lv['change_failure_rate']}*"),
+        ("Lead time for changes", f"{human(m.lead_time_s)} · *{lv['lead_time']}*"),
+        ("Change failure rate", f"{pct(m.change_failure_rate)} · *{lv['change_failure_rate']}*"),
         (
             "Failed deployment recovery",
-            f"{human(d.recovery_s)} · *{lv['recovery']}*"
-            + (f" ({d.unrecovered} not recovered)" if d.unrecovered else ""),
+            f"{human(m.recovery_s)} · *{lv['recovery']}*"
+            + (f" ({m.unrecovered} not recovered)" if m.unrecovered else ""),
         ),
-        ("Rework rate", pct(d.rework_rate)),
+        ("Rework rate", pct(m.rework_rate)),
     )
     return [
         v.Header(title[:150]),
@@ -81,10 +82,7 @@ async def _dora(services: Services, service: str | None, days: int) -> tuple[Dor
     prod = services.config.insights.production
 
     def q(db: Any) -> tuple[Dora, list[tuple[float, Dora]]]:
-        return (
-            compute(db, production=prod, start=start, end=end, service=service),
-            weekly(db, production=prod, start=start, end=end, service=service),
-        )
+        return compute_with_weeks(db, production=prod, start=start, end=end, service=service)
 
     return await services.store.read(q)
 
