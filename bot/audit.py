@@ -184,6 +184,8 @@ def verify_chain(db: Database) -> Verification:
     expected_prev = GENESIS
     last_id = 0
     checked = 0
+    head = one(db, "SELECT id, hash FROM audit_head WHERE one = 1")
+    head_id, head_hash = (head["id"], head["hash"]) if head else (0, GENESIS)
     cur = db.execute(
         "SELECT id, at, actor, channel, action, target, outcome, reason, detail, prev_hash, hash FROM audit ORDER BY id"
     )
@@ -204,17 +206,27 @@ def verify_chain(db: Database) -> Verification:
                 "or rows were inserted or reordered here",
             )
         if _digest(r["prev_hash"], _fields(r)) != r["hash"]:
-            return Verification(False, checked, r["id"], f"row {r['id']} was edited after it was written")
+            if r["id"] > head_id:
+                what = f"row {r['id']} was added after row {head_id}, the last one opsloop wrote"
+            else:
+                what = f"row {r['id']} was edited after it was written"
+            return Verification(False, checked, r["id"], what)
         expected_prev, last_id = r["hash"], r["id"]
-    head = one(db, "SELECT id, hash FROM audit_head WHERE one = 1")
-    head_id, head_hash = (head["id"], head["hash"]) if head else (0, GENESIS)
-    if head_id != last_id or head_hash != expected_prev:
+    if head_id > last_id:
         return Verification(
             False,
             checked,
-            last_id + 1 if head_id > last_id else head_id,
-            f"the log ends at row {last_id} but its head says row {head_id}: rows were removed from the end"
-            if head_id > last_id
-            else f"the head says row {head_id} but the log goes on to row {last_id}: rows were added out of band",
+            last_id + 1,
+            f"the log ends at row {last_id} but its head says row {head_id}: rows were removed from the end",
         )
+    if head_id < last_id:
+        return Verification(
+            False,
+            checked,
+            head_id + 1,
+            f"the head says row {head_id} but the log goes on to row {last_id}: rows {head_id + 1}-{last_id} "
+            "were added out of band",
+        )
+    if head_hash != expected_prev:
+        return Verification(False, checked, head_id, f"row {head_id} was replaced after it was written")
     return Verification(True, checked)
