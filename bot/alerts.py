@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RANK = {s.value: s.rank for s in Severity}
+_FIRING = AlertStatus.FIRING.value
 _ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 # A card lists its group's alerts up to this many characters (one section), so that in a storm every alert
 # is on its card at once, while the thread's detail messages queue behind Slack's 1 message/s per channel.
@@ -608,38 +609,46 @@ class AlertPipeline:
         touched: dict[int, set[int]] = {}  # group id -> alert ids new to it or changed
         created: set[int] = set()
         changed_groups: set[int] = set()
-        routes: dict[str, AlertRoute] = {}
+        routes: dict[str, tuple[AlertRoute, int]] = {}  # group key -> route and its severity floor
         # Looked up once per delivery, not once per alert (a delivery holds a whole group): the groups by
         # key, the stored alerts by fingerprint, and the firings to count per group. Each is kept up to
-        # date below, so a later alert of the same delivery sees what an earlier one changed.
+        # date below, so a later alert of the same delivery sees what an earlier one changed. New alerts
+        # and changed ones are written with one executemany each.
         groups: dict[str, dict[str, Any] | None] = {}
         known = self._stored(db, batch)
         firings: dict[int, tuple[AlertRoute, int]] = {}
+        inserts: dict[tuple[str, str], tuple[Any, ...]] = {}  # newest wins if a delivery repeats an alert
+        insert_routes: dict[tuple[str, str], AlertRoute] = {}
+        changes: list[tuple[Any, ...]] = []
         repeats: list[tuple[float, int]] = []
+        redact = self.s.redactor.text
         for a in batch.alerts:
             gkey = f"{a.source}:{a.group_key}"
-            labels = dict(a.labels)
-            route = routes.get(gkey) or routes.setdefault(gkey, self.route(labels))
-            visible = a.severity.rank <= Severity(route.min_severity).rank
+            if gkey not in routes:
+                r = self.route(dict(a.labels))
+                routes[gkey] = (r, Severity(r.min_severity).rank)
+            route, floor = routes[gkey]
             if gkey not in groups:
                 groups[gkey] = one(db, "SELECT id, status FROM alert_groups WHERE key = ?", (gkey,))
             g = groups[gkey]
-            prev = known.get((a.source, a.fingerprint))
-            if g is None and prev is None and a.status is AlertStatus.RESOLVED:
+            ref = (a.source, a.fingerprint)
+            prev = known.get(ref)
+            firing = a.status is AlertStatus.FIRING
+            if g is None and prev is None and not firing:
                 # Something ended that never began here (a recovery after a restart of the source, an
                 # event on a healthy object): Alertmanager sends nothing for such a group, nor do we.
                 continue
             if g is None:
-                gid = self._new_group(db, a, gkey, route, batch, now, visible)
+                gid = self._new_group(db, a, gkey, route, batch, now, a.severity.rank <= floor)
                 created.add(gid)
-                groups[gkey] = {"id": gid, "status": AlertStatus.FIRING.value}
+                groups[gkey] = {"id": gid, "status": _FIRING}
             else:
                 gid = int(g["id"])
-                if g["status"] != AlertStatus.FIRING.value and a.status is AlertStatus.FIRING:
+                if firing and g["status"] != _FIRING:
                     # A new incident on a resolved group: the old acknowledgement owned the old one (Nagios
                     # drops its acknowledgement at recovery too), so the card asks for an owner again.
                     db.execute("UPDATE alert_groups SET acked_by = NULL, acked_at = NULL WHERE id = ?", (gid,))
-            if a.annotation("nagios_event") == "ACKNOWLEDGEMENT" and g is not None:
+            if g is not None and a.annotation("nagios_event") == "ACKNOWLEDGEMENT":
                 author = a.annotation("nagios_author") or "Nagios"
                 db.execute(
                     "UPDATE alert_groups SET acked_by = coalesce(acked_by, ?), acked_at = coalesce(acked_at, ?)"
@@ -647,61 +656,65 @@ class AlertPipeline:
                     (author, now, gid),
                 )
                 changed_groups.add(gid)
-            status = a.status.value
+            status = _FIRING if firing else a.status.value
             if prev is None:
-                cur = db.execute(
-                    "INSERT INTO alerts (source, fingerprint, group_id, status, name, severity, labels, annotations,"
-                    " summary, value, links, generator_url, starts_at, ends_at, first_seen, last_seen)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        a.source,
-                        a.fingerprint,
-                        gid,
-                        status,
-                        a.name,
-                        a.severity.value,
-                        json.dumps(labels),
-                        json.dumps(dict(a.annotations)),
-                        self.s.redactor.text(a.summary)[:2000],
-                        a.value,
-                        json.dumps([list(x) for x in a.links]),
-                        a.generator_url,
-                        _ts(a.starts_at),
-                        _ts(a.ends_at),
-                        now,
-                        now,
-                    ),
+                insert_routes[ref] = route
+                inserts[ref] = (
+                    a.source,
+                    a.fingerprint,
+                    gid,
+                    status,
+                    a.name,
+                    a.severity.value,
+                    json.dumps(dict(a.labels)),
+                    json.dumps(dict(a.annotations)),
+                    redact(a.summary)[:2000],
+                    a.value,
+                    json.dumps([list(x) for x in a.links]) if a.links else "[]",
+                    a.generator_url,
+                    _ts(a.starts_at),
+                    _ts(a.ends_at),
+                    now,
+                    now,
                 )
-                alert_id = int(cur.lastrowid or 0)
-                known[(a.source, a.fingerprint)] = {"id": alert_id, "status": status, "group_id": gid}
-                touched.setdefault(gid, set()).add(alert_id)
-                if status == AlertStatus.FIRING.value:
-                    firings[gid] = (route, firings.get(gid, (route, 0))[1] + 1)
             elif prev["status"] != status or prev["group_id"] != gid:
-                db.execute(
-                    "UPDATE alerts SET group_id = ?, status = ?, severity = ?, summary = ?, value = ?, ends_at = ?,"
-                    " starts_at = ?, last_seen = ?, firings = firings + ? WHERE id = ?",
+                # The stored summary is the redacted one: the same text needs no second redaction.
+                summary = prev["summary"] if prev["summary"] == a.summary else redact(a.summary)[:2000]
+                changes.append(
                     (
                         gid,
                         status,
                         a.severity.value,
-                        self.s.redactor.text(a.summary)[:2000],
+                        summary,
                         a.value,
                         _ts(a.ends_at),
                         _ts(a.starts_at),
                         now,
-                        1 if status == AlertStatus.FIRING.value else 0,
+                        1 if firing else 0,
                         prev["id"],
-                    ),
+                    )
                 )
-                known[(a.source, a.fingerprint)] = {**prev, "status": status, "group_id": gid}
+                known[ref] = {**prev, "status": status, "group_id": gid}
                 changed_groups.add(gid)
-                if status == AlertStatus.FIRING.value:
+                if firing:
                     touched.setdefault(gid, set()).add(int(prev["id"]))
                     firings[gid] = (route, firings.get(gid, (route, 0))[1] + 1)
             else:
                 # A repeat notification: nothing to say, only that we heard it again.
                 repeats.append((now, prev["id"]))
+        if inserts:
+            for (gid, status, alert_id), route in zip(
+                self._insert_alerts(db, list(inserts.values())), (insert_routes[ref] for ref in inserts), strict=True
+            ):
+                touched.setdefault(gid, set()).add(alert_id)
+                if status == _FIRING:
+                    firings[gid] = (route, firings.get(gid, (route, 0))[1] + 1)
+        if changes:
+            db.conn.executemany(
+                "UPDATE alerts SET group_id = ?, status = ?, severity = ?, summary = ?, value = ?, ends_at = ?,"
+                " starts_at = ?, last_seen = ?, firings = firings + ? WHERE id = ?",
+                changes,
+            )
         if repeats:
             db.conn.executemany("UPDATE alerts SET last_seen = ? WHERE id = ?", repeats)
         for gid, (route, n) in firings.items():
@@ -712,6 +725,27 @@ class AlertPipeline:
         for gid in set(touched) | changed_groups | created:
             self._refresh_group(db, gid, now, new=gid in created, new_alerts=touched.get(gid, set()))
         return Ingested(len(batch.alerts), len(created), len(changed_groups - created))
+
+    @staticmethod
+    def _insert_alerts(db: Database, values: list[tuple[Any, ...]]) -> list[tuple[int, str, int]]:
+        """Insert new alerts with one executemany; (group id, status, alert id) of each, in order."""
+        before = db.execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()[0]
+        db.conn.executemany(
+            "INSERT INTO alerts (source, fingerprint, group_id, status, name, severity, labels, annotations,"
+            " summary, value, links, generator_url, starts_at, ends_at, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            values,
+        )
+        # SQLite gives a new row the largest rowid so far plus one: in this one writer's transaction the
+        # rows are before+1 … before+n. Checked, and read back if that ever does not hold.
+        last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if last == before + len(values):
+            return [(v[2], v[3], before + 1 + i) for i, v in enumerate(values)]
+        ids = {
+            (r[0], r[1]): r[2]
+            for r in db.execute("SELECT source, fingerprint, id FROM alerts WHERE id > ?", (before,)).fetchall()
+        }
+        return [(v[2], v[3], ids[(v[0], v[1])]) for v in values]
 
     @staticmethod
     def _stored(db: Database, batch: AlertBatch) -> dict[tuple[str, str], dict[str, Any]]:
@@ -726,8 +760,8 @@ class AlertPipeline:
                 chunk = ordered[i : i + 500]
                 for r in rows(
                     db,
-                    "SELECT id, status, group_id, fingerprint FROM alerts WHERE source = ? AND fingerprint IN"
-                    f" ({', '.join('?' * len(chunk))})",
+                    "SELECT id, status, group_id, summary, fingerprint FROM alerts WHERE source = ? AND fingerprint"
+                    f" IN ({', '.join('?' * len(chunk))})",
                     (source, *chunk),
                 ):
                     out[(source, r.pop("fingerprint"))] = r
