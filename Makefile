@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench run check clean
+.PHONY: demo test lint typecheck unit bench soak fuzz run check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Issue 7, figure 6: hypothesis's soak profile, over 100,000 examples; the counts go to bench/results/fuzz.md.
+FUZZ := OPSLOOP_FUZZ=soak OPSLOOP_FUZZ_REPORT=bench/results/fuzz.md $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py
+
+fuzz: $(STAMP)
+	$(FUZZ)
+
+# Issue 7, figure 9: 10 minutes (SOAK_SECONDS) of mixed traffic against `opsloop run`, then the fuzzing.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --duration $${SOAK_SECONDS:-600}
+	$(FUZZ)
 
 check: $(STAMP)
 	$(BIN)/opsloop check --config $${OPSLOOP_CONFIG:-examples/demo.yml}

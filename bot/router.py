@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 # --- what transports hand to the router (parsed at the edge) ------------------------------------------
 
 
+def valid_text(s: str) -> str:
+    """`s` with lone surrogates replaced: a JSON body may escape one (`"\\ud800"`), and SQLite and the
+    audit hash can only take text that encodes as UTF-8."""
+    return s if s.isascii() else s.encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class Invocation:
     """A command typed by someone (slash command, mention, console line)."""
@@ -45,6 +51,9 @@ class Invocation:
     thread_ts: str | None = None
     trigger_id: str | None = None
     response_url: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", valid_text(self.text))
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,9 @@ class Click:
     trigger_id: str | None = None
     response_url: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", valid_text(self.value))
+
 
 @dataclass(frozen=True)
 class Submission:
@@ -69,6 +81,11 @@ class Submission:
     callback: str
     values: Mapping[str, str | None]
     metadata: str = ""
+
+    def __post_init__(self) -> None:
+        values = {valid_text(k): None if x is None else valid_text(x) for k, x in self.values.items()}
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "metadata", valid_text(self.metadata))
 
 
 @dataclass(frozen=True)

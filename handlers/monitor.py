@@ -80,6 +80,11 @@ def parse_matchers(tokens: list[str]) -> list[Matcher]:
         if m is None:
             raise UsageError(f'`{t}` is not a matcher; write it like alertname=HighLatency or service=~"api|web".')
         name, op, value = m.groups()
+        if op in ("=~", "!~"):
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise UsageError(f"`{t}`: `{value}` is not a valid regular expression ({err}).") from None
         out.append(Matcher(name, value, is_regex=op in ("=~", "!~"), is_equal=op in ("=", "=~")))
     return out
 
