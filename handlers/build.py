@@ -273,6 +273,15 @@ async def watch_job(services: Services, jctx: JobCtx) -> None:
         ref = await ci.trigger(row.job, row.params, row.branch)
         row = await _save(services, row, queue_id=ref.queue_id, state=BuildState.QUEUED.value)
         await refresh_card(services, row)
+    elif jctx.resumed:
+        # The card alone would just go on changing; say why it went quiet for a while.
+        text = "↪️ opsloop restarted; following the build again."
+        await services.post(
+            row.channel,
+            v.Message(text, (v.Section(text),)),
+            thread_key=row.key,
+            dedupe=f"{row.key}:resume:{jctx.job.attempts}",
+        )
     typical = await typical_duration(services, ci, row.job)
     config = services.config.integrations
     base = (

@@ -40,6 +40,7 @@ from bot.outbox import Pacing
 from bot.slack import TimedSocketModeHandler
 from bot.store import rows
 from tests.emulators.slack import SlackEmulator
+from tests.reliability.hooks import HOOK_TOKEN, notification, notify
 from tests.servers import ALERTMANAGER, alertmanager, need_binary
 from tests.support import (
     ALICE,
@@ -60,7 +61,6 @@ TRIALS = int(os.environ.get("OPSLOOP_TRIALS", "100"))
 SEED = int(os.environ.get("OPSLOOP_SEED", "20261126"))
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "duplicates.md"
 WRITE_RESULTS = os.environ.get("OPSLOOP_RESULTS") == "1"  # read now: each test's environment is cleaned
-HOOK_TOKEN = "hook-secret-123"
 VERSIONS = ("1.1.0", "1.2.0", "1.3.0")
 SRE = [f"U0SRE{i}" for i in range(4)]  # extra approvers (through @sre) for concurrent clicks
 
@@ -288,33 +288,9 @@ async def trial_deploy(b: Bench, mode: str) -> tuple[int, int]:
 
 
 async def alert_card(b: Bench, name: str) -> Any:
-    labels = {"alertname": name, "service": "shop", "severity": "warning"}
-    body = {
-        "receiver": "opsloop",
-        "status": "firing",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": labels,
-                "annotations": {"summary": f"{name} is firing"},
-                "startsAt": datetime.now(UTC).isoformat(),
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "http://prometheus.invalid/graph",
-                "fingerprint": name.encode().hex()[:16],
-            }
-        ],
-        "groupLabels": {"alertname": name},
-        "commonLabels": labels,
-        "commonAnnotations": {"summary": f"{name} is firing"},
-        "externalURL": b.am_url,
-        "version": "4",
-        "groupKey": f'{{}}:{{alertname="{name}"}}',
-        "truncatedAlerts": 0,
-    }
-    url = b.url.replace("/slack/events", "/hooks/alertmanager")
-    headers = {"Authorization": f"Bearer {HOOK_TOKEN}"}
-    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
-        assert r.status in (200, 202), await r.text()
+    hooks = b.url.replace("/slack/events", "/hooks")
+    status = await notify(hooks, notification(name, "shop", external_url=b.am_url))
+    assert status in (200, 202)
     await b.settle()
     found = [m for m in b.emu.top_level("C0OPS") if name in m.text]
     assert len(found) == 1, (name, [m.text for m in b.emu.top_level("C0OPS")][-5:])

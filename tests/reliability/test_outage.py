@@ -29,12 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from bot.outbox import Pacing
 from bot.store import rows
 from tests.emulators.slack import SlackEmulator
+from tests.reliability.hooks import notification, notify
 from tests.support import ALICE, DAVE, SlackHarness, slack_ops, slack_workspace
 
 pytestmark = pytest.mark.slow
@@ -75,32 +75,7 @@ async def faults(emu: SlackEmulator, seconds: float, rng: random.Random, seen: C
 
 
 async def alert(h: SlackHarness, name: str, status: str) -> None:
-    labels = {"alertname": name, "service": "api", "severity": "warning"}
-    item = {
-        "status": status,
-        "labels": labels,
-        "annotations": {"summary": f"{name} on api"},
-        "startsAt": "2026-11-26T04:00:00Z",
-        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else datetime.now(UTC).isoformat(),
-        "generatorURL": "http://prometheus.invalid/graph",
-        "fingerprint": name.encode().hex()[:16],
-    }
-    body = {
-        "receiver": "opsloop",
-        "status": status,
-        "alerts": [item],
-        "groupLabels": {"alertname": name},
-        "commonLabels": labels,
-        "commonAnnotations": item["annotations"],
-        "externalURL": "http://alertmanager.invalid",
-        "version": "4",
-        "groupKey": f'{{}}:{{alertname="{name}"}}',
-        "truncatedAlerts": 0,
-    }
-    url = h.url.replace("/slack/events", "/hooks/alertmanager")
-    headers = {"Authorization": "Bearer hook-secret-123"}
-    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
-        assert r.status in (200, 202), await r.text()
+    assert await notify(h.url.replace("/slack/events", "/hooks"), notification(name, "api", status)) in (200, 202)
 
 
 async def activity(h: SlackHarness, seconds: float, rng: random.Random, did: Counter[str]) -> None:
@@ -139,7 +114,11 @@ async def test_a_slack_outage_delays_writes_but_each_arrives_once_and_in_order(h
     await asyncio.gather(faults(h.emu, OUTAGE_S, rng, seen), activity(h, OUTAGE_S, rng, did))
     h.emu.clear_faults()
     ended = time.monotonic()
-    await h.settle()
+    await h.frontend.wait_late()
+    await h.services.jobs.wait_idle()
+    # After a long outage the backoff (up to a minute) and Slack's pace (a post a second per channel)
+    # both stand between the end of the outage and an empty outbox.
+    assert await h.services.outbox.drain(timeout=120 + 2 * OUTAGE_S), "the outbox did not drain"
     drained = time.monotonic() - ended
 
     outbox = await h.services.store.read(lambda db: rows(db, "SELECT * FROM outbox ORDER BY id"))

@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,11 +28,19 @@ pytestmark = pytest.mark.slow
 
 
 class Proc:
-    def __init__(self, tmp: Path, emu: SlackEmulator) -> None:
+    """`opsloop run` (HTTP mode) as a child process that a test can SIGKILL and start again.
+
+    `config` is the whole opsloop.yml (default: the demo's shape); `environ` adds variables (tokens)."""
+
+    def __init__(
+        self, tmp: Path, emu: SlackEmulator, config: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+    ) -> None:
         self.tmp, self.emu = tmp, emu
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/slack/events"
-        (tmp / "opsloop.yml").write_text(yaml.safe_dump(config_data("opsloop.db")))
+        self.hooks = f"http://127.0.0.1:{self.port}/hooks"
+        (tmp / "opsloop.yml").write_text(yaml.safe_dump(config or config_data("opsloop.db")))
+        self.environ = environ or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "opsloop.log"
 
@@ -43,6 +52,7 @@ class Proc:
             "SLACK_API_URL": self.emu.api_url,
             "OPSLOOP_HTTP_PORT": str(self.port),
             "OPSLOOP_CONFIG": str(self.tmp / "opsloop.yml"),
+            **self.environ,
         }
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "bot", "run"], env=env, stdout=log, stderr=log)
@@ -57,27 +67,31 @@ class Proc:
 
         await wait_until(healthy, 30, "opsloop to come up")
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        await asyncio.to_thread(self.proc.wait, 10)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        # Waited for off the loop: the emulators in this process must keep answering meanwhile.
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                await asyncio.to_thread(self.proc.wait, 15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                await asyncio.to_thread(self.proc.wait, 10)
 
 
 @asynccontextmanager
-async def opsloop_process(tmp: Path, emu: SlackEmulator) -> AsyncIterator[Proc]:
-    p = Proc(tmp, emu)
+async def opsloop_process(
+    tmp: Path, emu: SlackEmulator, config: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> AsyncIterator[Proc]:
+    p = Proc(tmp, emu, config, environ)
     try:
         yield p
     finally:
-        p.stop()
+        await p.stop()
 
 
 def cards(emu: SlackEmulator) -> list[str]:
@@ -95,7 +109,7 @@ async def test_kill_during_delivery_loses_nothing_and_posts_nothing_twice(tmp_pa
             res = await emu.send_command(p.url, f'plan new "Item {i}"', user_id=ALICE)
             assert res.status == 200
         await emu.wait_for(lambda: len(cards(emu)) >= 2, timeout=20)
-        p.kill()
+        await p.kill()
         emu.clear_faults()
         await p.start()
         await emu.wait_for(lambda: len(cards(emu)) >= 5, timeout=30)
@@ -121,7 +135,7 @@ async def test_kill_while_an_approval_waits_then_approve_once(tmp_path: Path) ->
             message_ts=card.ts,
         )
         await emu.wait_for(lambda: len(emu.messages("C0APR")) == 1, timeout=20)
-        p.kill()
+        await p.kill()
         await p.start()
         approval = emu.messages("C0APR")[0]
         approve = find_button(approval.blocks, "Approve")
