@@ -45,6 +45,25 @@ class HookRejected(Exception):
         self.status = status
 
 
+def _parse_hook_body(raw: bytes) -> tuple[Any, str | None]:
+    """A webhook body as JSON opsloop can store, or why not (the answer of a 400)."""
+    try:
+        payload = json.loads(raw)
+        # Refused here, not half-way in: a `\ud800` escape parses to a lone surrogate, which no UTF-8
+        # text (nor SQLite) can hold, and Python's parser and encoder recurse per level of nesting.
+        json.dumps(payload, ensure_ascii=False).encode()
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return None, f"body is not JSON: {err}"
+    except UnicodeEncodeError:
+        return None, "body holds text that is not valid Unicode (a lone surrogate escape)"
+    except RecursionError:
+        return None, "body is not JSON opsloop accepts: it is nested too deeply"
+    if not fits_int64(payload):
+        # No monitor sends such a number, and SQLite cannot store one.
+        return None, "body holds an integer beyond 64 bits"
+    return payload, None
+
+
 def _text(status: int, message: str) -> web.Response:
     return web.json_response({"ok": status < 400, "message": message}, status=status)
 
@@ -133,19 +152,10 @@ def build_web_app(
         except web.HTTPRequestEntityTooLarge:
             metrics.hooks.labels(source=source, status="413").inc()
             return _text(413, f"body is over the {MAX_BODY} byte limit")
-        try:
-            payload = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        payload, refused = _parse_hook_body(raw)
+        if refused:
             metrics.hooks.labels(source=source, status="400").inc()
-            return _text(400, f"body is not JSON: {err}")
-        except RecursionError:
-            # Python's parser recurses per level; a body of nested brackets far under MAX_BODY reaches the limit.
-            metrics.hooks.labels(source=source, status="400").inc()
-            return _text(400, "body is not JSON opsloop accepts: it is nested too deeply")
-        if not fits_int64(payload):
-            # No monitor sends such a number, and SQLite cannot store one: refuse it here, not half-way in.
-            metrics.hooks.labels(source=source, status="400").inc()
-            return _text(400, "body holds an integer beyond 64 bits")
+            return _text(400, refused)
         # Monitors and CI copy whatever they were given into annotations and logs: mask secrets before
         # any of it is stored, shown or logged.
         payload = services.redactor.value(payload)
