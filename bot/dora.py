@@ -22,12 +22,13 @@ failure values are not monotonic), as reproduced by the report's secondary sourc
 from __future__ import annotations
 
 import json
-import statistics
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import chain
+from itertools import chain, pairwise
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from sqlite_utils import Database
@@ -99,8 +100,7 @@ class Dora:
     @property
     def lead_time_s(self) -> float | None:
         times = sorted(chain.from_iterable(d.lead_times for d in self.deployments))
-        positive = times[bisect_right(times, 0.0) :]
-        return statistics.median(positive) if positive else None
+        return _median_of_sorted(times[bisect_right(times, 0.0) :])  # of the positive ones
 
     @property
     def change_failure_rate(self) -> float | None:
@@ -111,7 +111,7 @@ class Dora:
     @property
     def recovery_s(self) -> float | None:
         times = [d.recovered_at - d.at for d in self.deployments if d.failed and d.recovered_at is not None]
-        return statistics.median(times) if times else None
+        return _median_of_sorted(sorted(times))
 
     @property
     def unrecovered(self) -> int:
@@ -121,24 +121,24 @@ class Dora:
     def rework_rate(self) -> float | None:
         if not self.deployments:
             return None
-        # From each failure, the deployments of its service in the day after it (by time, per service).
-        by_service: dict[str, list[tuple[float, int]]] = {}
-        for i, d in enumerate(self.deployments):
-            by_service.setdefault(d.service, []).append((d.at, i))
-        for times in by_service.values():
-            times.sort()
-        rework: set[int] = set()
-        for f in self.deployments:
-            if not f.failed:
-                continue
-            times = by_service[f.service]
-            # The slack keeps the float rounding of `d.at - f.at` on the safe side; the exact test decides.
-            lo = bisect_right(times, (f.at, len(self.deployments)))
-            hi = bisect_right(times, (f.at + REWORK_WINDOW + 1.0 + abs(f.at) * 1e-9, len(self.deployments)), lo)
-            for at, i in times[lo:hi]:
-                if 0 < at - f.at <= REWORK_WINDOW and f.release != self.deployments[i].release:
-                    rework.add(i)
-        return len(rework) / len(self.deployments)
+        deps = self.deployments
+        if any(a.at > b.at for a, b in pairwise(deps)):
+            deps = sorted(deps, key=attrgetter("at"))
+        # In time order, each service's failures of the last day (the exact test decides).
+        recent: dict[str, deque[Deployment]] = {}
+        rework = 0
+        for d in deps:
+            fs = recent.get(d.service)
+            if fs:
+                while fs and d.at - fs[0].at > REWORK_WINDOW:
+                    fs.popleft()
+                for f in fs:
+                    if d.at - f.at > 0 and f.release != d.release:
+                        rework += 1
+                        break
+            if d.failed:
+                recent.setdefault(d.service, deque()).append(d)
+        return rework / len(deps)
 
     def level(self) -> dict[str, str]:
         """The 2024 cluster of each metric ("no data" when there is no data for it)."""
@@ -159,6 +159,14 @@ class Dora:
         )
         levels = _levels(frequency if self.deployments else None, lead, cfr, recovery)
         return Metrics(frequency, lead, cfr, recovery, self.unrecovered, self.rework_rate, levels)
+
+
+def _median_of_sorted(xs: list[float]) -> float | None:
+    """statistics.median of a sorted list (without sorting it again), None for none."""
+    if not xs:
+        return None
+    i = len(xs) // 2
+    return xs[i] if len(xs) % 2 else (xs[i - 1] + xs[i]) / 2
 
 
 def _levels(
@@ -229,11 +237,12 @@ _CRITICAL = (  # the covering index alert_groups_critical
 
 
 class _Deploy:
-    """A successful production deploy and what its windows judge it by: the rollbacks of its release, the
-    first critical alert of its service from its finish until the end of its bake (or one hour), and the
-    successful rollouts of its service (the first one after it recovers it)."""
+    """A successful production deploy that a window may judge failed, and what it is judged by: the
+    rollbacks of its release, the first critical alert of its service from its finish until the end of its
+    bake (or one hour), and the successful rollouts of its service (the first one after it recovers it).
+    (A deploy with none of these is a Deployment at once, the same in every window.)"""
 
-    __slots__ = ("alert", "at", "good", "leads", "plain", "release", "rollbacks", "rolled_back", "service")
+    __slots__ = ("alert", "at", "good", "leads", "release", "rollbacks", "rolled_back", "service")
 
     def __init__(
         self,
@@ -248,7 +257,6 @@ class _Deploy:
     ) -> None:
         self.at, self.service, self.release, self.leads = at, service, release, leads
         self.rolled_back, self.rollbacks, self.alert, self.good = rolled_back, rollbacks, alert, good
-        self.plain = alert is None and not rolled_back and not rollbacks  # no window can fail it
 
     def next_good(self) -> float | None:
         i = bisect_right(self.good, self.at)
@@ -269,8 +277,6 @@ class _Deploy:
     def seen_alike(self, e: float) -> bool:
         """Whether every window ending at or after `e` judges it the same (nothing it depends on happens
         between e + HORIZON and a later end + HORIZON), without judging it."""
-        if self.plain:
-            return True
         good = self.next_good()
         return (
             not self.rollbacks
@@ -279,8 +285,6 @@ class _Deploy:
         )
 
     def deployment(self, s: float, e: float) -> Deployment:
-        if self.plain:
-            return Deployment(int(self.release or 0), self.service, self.at, False, None, self.leads, None)
         reason, recovered = self.judge(s, e)
         return Deployment(
             int(self.release or 0), self.service, self.at, reason is not None, reason, self.leads, recovered
@@ -327,7 +331,7 @@ class _History:
             alerts.setdefault(name, []).append(first_seen)
         deploys: list[Deployment | _Deploy] = []
         good: dict[str, list[float]] = {}  # service -> finish times of successful rollouts (any action)
-        decode, no_alerts = _JSON.raw_decode, ()
+        decode, no_alerts, plain = _JSON.raw_decode, (), Deployment._make
         for at, name, release, ok, action, state, bake_until, times in db.execute(
             _ROLLOUTS.format(svc=svc.replace("service", "r.service")), (production, start, horizon, *svc_params)
         ):
@@ -343,7 +347,7 @@ class _History:
                 alert = seen[i] if i < len(seen) and seen[i] <= float(bake_until or (at + FAILURE_WINDOW)) else None
                 leads = _leads(at, decode(times)[0]) if times else ()
                 if alert is None and state != "rolled_back" and release not in rollbacks:  # most: no window fails it
-                    deploys.append(Deployment(int(release or 0), name, at, False, None, leads, None))
+                    deploys.append(plain((int(release or 0), name, at, False, None, leads, None)))
                 else:
                     rolled_back, back = state == "rolled_back", rollbacks.get(release, ())
                     deploys.append(_Deploy(at, name, release, rolled_back, leads, back, alert, rollouts))
@@ -374,12 +378,6 @@ class _History:
                 x = d.deployment(week.start, week.end)
             week.deployments.append(x)
         return whole, trend
-
-
-def _first(times: Sequence[float], t: float, before: float) -> float | None:
-    """The first of the sorted `times` at or after `t`, if it is before `before`."""
-    i = bisect_left(times, t)
-    return times[i] if i < len(times) and times[i] < before else None
 
 
 def human(seconds: float | None) -> str:
