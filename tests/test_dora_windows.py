@@ -269,3 +269,31 @@ async def test_per_service_windows_see_only_their_service(store: Store) -> None:
     assert shape(api) == [(1, False, None, None)]
     assert shape(web) == [(2, True, "critical alert during the bake", T0 + 5 * H), (3, False, None, None)]
     assert shape(every) == shape(api)[:1] + shape(web)
+
+
+async def test_rollouts_follow_the_events_table(store: Store) -> None:
+    def fill(h: History) -> None:
+        h.release(1, T0 + H, commits_ago_h=(1,))
+        h.release(2, T0 + 2 * H, commits_ago_h=(1,))
+        h.release(3, T0 + 3 * H, commits_ago_h=(1,))
+        h.db.execute(  # an event of another kind, with the same detail: not a rollout
+            "INSERT INTO events (at, kind, service, env, detail) VALUES (?, 'deploy.started', 'api', 'prod', ?)",
+            (T0 + 4 * H, json.dumps({"release": 3, "ok": True, "action": "deploy"})),
+        )
+
+    await write(store, fill)
+    assert [x.release for x in (await window(store, T0, T0 + DAY)).deployments] == [1, 2, 3]
+
+    def edit(db: Database) -> None:
+        db.execute("DELETE FROM events WHERE kind = 'deploy.finished' AND ref = 'v1'")
+        db.execute(  # release 2's rollout did not go well after all: not a deployment
+            "UPDATE events SET detail = ? WHERE kind = 'deploy.finished' AND ref = 'v2'",
+            (json.dumps({"release": 2, "ok": False, "action": "deploy"}),),
+        )
+        db.execute(  # release 3's event without an action: a deploy, as before
+            "UPDATE events SET detail = ? WHERE kind = 'deploy.finished' AND ref = 'v3'",
+            (json.dumps({"release": 3, "ok": True}),),
+        )
+
+    await store.write(edit)
+    assert [x.release for x in (await window(store, T0, T0 + DAY)).deployments] == [3]
