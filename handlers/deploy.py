@@ -521,18 +521,33 @@ async def _run(services: Services, jctx: JobCtx, release_id: int) -> None:
                 "is unknown, check the target before deploying again",
             )
             return
-        await thread(
-            services,
-            r,
-            "↪️ opsloop restarted; following the rollout again.",
-            dedupe=f"{r.key}:resume:{jctx.job.attempts}",
-        )
-        # A rollback to "the previous revision" has no version of its own: follow what is rolling out.
         try:
-            version = r.version or await target.running_version(spec) or ""
-            result = await target.resume(spec, version, progress)
-        except AdapterError as err:
-            result = DeployResult(False, str(err))
+            running = await target.running_version(spec)
+        except AdapterError:
+            running = None
+        if r.action == "deploy" and r.version and r.from_version and running == r.from_version != r.version:
+            # Killed after the approvals but before the target was changed: nothing rolled out, so the
+            # approved deploy is carried out now rather than lost (setting an image twice is one rollout).
+            await thread(
+                services,
+                r,
+                "↪️ opsloop restarted before the rollout began; starting it now.",
+                dedupe=f"{r.key}:resume:{jctx.job.attempts}",
+            )
+            result = await _act(services, r, target, spec, progress)
+        else:
+            await thread(
+                services,
+                r,
+                "↪️ opsloop restarted; following the rollout again.",
+                dedupe=f"{r.key}:resume:{jctx.job.attempts}",
+            )
+            # A rollback to "the previous revision" has no version of its own: follow what is rolling out.
+            try:
+                version = r.version or running or ""
+                result = await target.resume(spec, version, progress)
+            except AdapterError as err:
+                result = DeployResult(False, str(err))
     elif r.state == "baking":
         result = DeployResult(True, "rolled out before the restart")
     else:
