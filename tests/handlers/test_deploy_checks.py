@@ -166,3 +166,11 @@ async def test_a_freeze_notice_in_the_approvals_channel_says_how_the_freeze_ende
         res = await h.command("unfreeze prod", user=ALICE)
         assert "prod is not frozen" in res.body_text
         assert len(notices(h, emu)) == 3  # edits only, never a second notice for one freeze
+
+        # A deploy's checks find a freeze that has run out: not a blocker, and its notice says it ended.
+        await h.command('freeze prod 1h "maintenance window"', user=ALICE)
+        clock.advance(3601)
+        set_running(tmp_path, "shop", "prod", "1.1.0")
+        await h.command("deploy shop 1.2.0 to prod", user=BOB)
+        assert "waiting for approval" in text_of(release_cards(h)[-1])
+        assert "maintenance window~ — ended at" in notices(h, emu)[-1]
