@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -102,7 +103,8 @@ def render_figure(fig: Figure) -> str:
         "# Tool faults (issue 7, figure 5)",
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}. Every integration's timeout: "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end. Every integration's timeout: "
         f"{TIMEOUT_S:g} s. Reproduce: `OPSLOOP_RESULTS=1 .venv/bin/python -m pytest "
         "tests/reliability/test_tool_faults.py`.",
         "",
@@ -321,6 +323,32 @@ async def each_garbage(
     assert g.seen, "the garbage server was never asked"
 
 
+async def emulator_faults(
+    h: SlackHarness,
+    emulator: Any,
+    tool: str,
+    commands: Sequence[str],
+    make_slow: Callable[[], Any],
+    recover: tuple[str, str],
+    tasks: set[asyncio.Task[Any]],
+    garbage: Sequence[str] | None = None,
+) -> None:
+    """An emulated tool slow (beyond the timeout), then down, then garbage on its port, then back: every
+    command answered naming the tool each time, the tool usable again, nothing left running."""
+    make_slow()
+    for command in commands:
+        await ask(h, tool, "slow", command)
+    emulator.clear_faults()
+    await emulator.down()
+    for command in commands:
+        await ask(h, tool, "down", command)
+    async with garbage_on(emulator.port) as g:
+        await each_garbage(h, g, tool, commands if garbage is None else garbage)
+    await emulator.up()
+    await recovered(h, *recover)
+    await no_leftovers(h, tasks)
+
+
 async def no_leftovers(h: SlackHarness, before: set[asyncio.Task[Any]]) -> None:
     """After a tool's faults: no job, late answer or other task of ours still running."""
     await settle(h)
@@ -385,22 +413,10 @@ async def test_jenkins_down_slow_and_garbage(
             # Each asks Jenkins: build #2 is unknown to opsloop, so its status comes from Jenkins.
             commands = ["build api", "build status api #2", "build log api #1", "build abort api #1"]
 
-            jenkins.slow(TIMEOUT_S + 2)
-            for command in commands:
-                await ask(h, "Jenkins", "slow", command)
-            jenkins.clear_faults()
-
-            await jenkins.down()
-            for command in commands:
-                await ask(h, "Jenkins", "down", command)
-
-            async with garbage_on(jenkins.port) as g:
-                # `build log` is left out: a console log is any text, so garbage there is shown as the log.
-                await each_garbage(h, g, "Jenkins", [c for c in commands if not c.startswith("build log")])
-
-            await jenkins.up()
-            await recovered(h, "build log api #1", "ok")
-            await no_leftovers(h, tasks)
+            # `build log` is left out of the garbage: a console log is any text, so garbage is shown as the log.
+            garbage = [c for c in commands if not c.startswith("build log")]
+            slow = functools.partial(jenkins.slow, TIMEOUT_S + 2)
+            await emulator_faults(h, jenkins, "Jenkins", commands, slow, ("build log api #1", "ok"), tasks, garbage)
 
 
 async def wait_for_text(h: SlackHarness, needle: str, timeout: float = 20) -> None:
@@ -452,21 +468,8 @@ async def test_kubernetes_down_slow_and_garbage(tmp_path: Path, emu: SlackEmulat
                 "restart shop staging",
                 "rollback shop staging",
             ]
-            k8s.slow(TIMEOUT_S + 2)
-            for command in commands:
-                await ask(h, "Kubernetes", "slow", command)
-            k8s.clear_faults()
-
-            await k8s.down()
-            for command in commands:
-                await ask(h, "Kubernetes", "down", command)
-
-            async with garbage_on(k8s.port) as g:
-                await each_garbage(h, g, "Kubernetes", commands)
-
-            await k8s.up()
-            await recovered(h, "status shop prod", "1.1.0")
-            await no_leftovers(h, tasks)
+            slow = functools.partial(k8s.slow, TIMEOUT_S + 2)
+            await emulator_faults(h, k8s, "Kubernetes", commands, slow, ("status shop prod", "1.1.0"), tasks)
 
 
 # --- Prometheus and Alertmanager (the real servers) -----------------------------------------------------
@@ -587,18 +590,6 @@ async def test_tracker_down_slow_and_garbage(
                 f"plan done {key}",
                 f"plan list all {name}",
             ]
-            t.emulator.slow("*", TIMEOUT_S + 2)
-            for command in commands:
-                await ask(h, t.tool, "slow", command)
-            t.emulator.clear_faults()
-
-            await t.emulator.down()
-            for command in commands:
-                await ask(h, t.tool, "down", command)
-
-            async with garbage_on(t.emulator.port) as g:
-                await each_garbage(h, g, t.tool, commands)
-
-            await t.emulator.up()
-            await recovered(h, f"plan show {key}", "Made while the tracker was up")
-            await no_leftovers(h, tasks)
+            slow = functools.partial(t.emulator.slow, "*", TIMEOUT_S + 2)
+            recover = (f"plan show {key}", "Made while the tracker was up")
+            await emulator_faults(h, t.emulator, t.tool, commands, slow, recover, tasks)
