@@ -158,9 +158,14 @@ def build_web_app(
             return _text(400, refused)
         # Monitors and CI copy whatever they were given into annotations and logs: mask secrets before
         # any of it is stored, shown or logged.
-        payload = services.redactor.value(payload)
         try:
+            payload = services.redactor.value(payload)
             result = await spec.handler(services, payload)
+        except RecursionError:
+            # The parser took it, but the redactor and pydantic walk it in Python frames, two or more per
+            # level: a body nested some hundred levels (no monitor's) ends here, before anything is stored.
+            metrics.hooks.labels(source=source, status="400").inc()
+            return _text(400, "body is not JSON opsloop accepts: it is nested too deeply")
         except HookRejected as err:
             metrics.hooks.labels(source=source, status=str(err.status)).inc()
             return _text(err.status, str(err))
