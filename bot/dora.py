@@ -13,7 +13,9 @@ Where opsloop has to choose, it says so (`CHOICES`, shown with every answer and 
 * recovery time of a failed deployment = from its finish to the next successful deploy or rollback
   of the same service in production;
 * rework rate = deployments made within 24 hours after a failed one of the same service
-  (fix-forwards), as a share of all deployments.
+  (fix-forwards), as a share of all deployments;
+* a window sees what happened to its deployments (rollbacks, alerts, recoveries) until 30 days after
+  its end; each week of the trend until 30 days after its own end, as if asked on its own.
 
 Performance levels are the 2024 Accelerate State of DevOps clusters, matched per level (the 2024 change
 failure values are not monotonic), as reproduced by the report's secondary sources.
