@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import pytest
 import pytest_asyncio
-import yaml
 
 import bot.app
 import handlers.deploy as deploy_handlers
@@ -49,6 +43,7 @@ from tests.handlers.deploy_support import (
     thread_text,
 )
 from tests.registry_server import push_image, registry_server, tiny_layer
+from tests.reliability.test_restart import opsloop_process
 from tests.support import (
     ALICE,
     BOB,
@@ -56,11 +51,9 @@ from tests.support import (
     DAVE,
     EVE,
     SlackHarness,
-    clean_environ,
     click,
     config_data,
     find_button,
-    free_port,
     slack_ops,
     slack_workspace,
     wait_until,
@@ -465,63 +458,13 @@ async def test_twenty_last_clicks_and_a_slack_retry_start_one_rollout_and_one_re
 # --- 4. crash during a rollout ----------------------------------------------------------------------------
 
 
-class OpsloopProcess:
-    """`opsloop run` as a child process (HTTP mode) that a test can SIGKILL and start again."""
-
-    def __init__(self, tmp: Path, emu: SlackEmulator, config: dict[str, Any]) -> None:
-        self.tmp, self.emu = tmp, emu
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/slack/events"
-        (tmp / "opsloop.yml").write_text(yaml.safe_dump(config))
-        self.log = tmp / "opsloop.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        env = {
-            **clean_environ(),
-            "SLACK_BOT_TOKEN": self.emu.bot_token,
-            "SLACK_SIGNING_SECRET": self.emu.signing_secret,
-            "SLACK_API_URL": self.emu.api_url,
-            "OPSLOOP_HTTP_PORT": str(self.port),
-            "OPSLOOP_CONFIG": str(self.tmp / "opsloop.yml"),
-        }
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bot", "run"], env=env, stdout=log, stderr=log)
-
-        async def healthy() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-            try:
-                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.port}/healthz") as r:
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_until(healthy, 30, "opsloop to come up")
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        await asyncio.to_thread(self.proc.wait, 10)
-
-    async def stop(self) -> None:
-        # Waited for off the loop: the Slack emulator in this process must keep answering meanwhile.
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                await asyncio.to_thread(self.proc.wait, 10)
-
-
 @pytest.mark.slow
 async def test_sigkill_during_a_rollout_then_the_same_card_finishes_and_pending_approvals_survive(
     tmp_path: Path, emu: SlackEmulator, k8s: KubernetesEmulator
 ) -> None:
     k8s.auto_tick(None)  # the cluster moves only when the test ticks it
     kubeconfig = k8s.kubeconfig(tmp_path / "kubeconfig")
-    p = OpsloopProcess(tmp_path, emu, config_data("opsloop.db", **kubernetes_config(kubeconfig)))
-    try:
+    async with opsloop_process(tmp_path, emu, config_data("opsloop.db", **kubernetes_config(kubeconfig))) as p:
         await p.start()
         await emu.send_command(p.url, "deploy api 1.2.0 to prod", user_id=BOB)
         await emu.wait_for(lambda: any("waiting for approval" in m.text for m in emu.top_level(C)), timeout=20)
@@ -550,8 +493,6 @@ async def test_sigkill_during_a_rollout_then_the_same_card_finishes_and_pending_
         assert sum(t.startswith("✅ Deploy api 1.2.0 → prod: succeeded") for t in replies) == 1
         assert [m.ts for m in emu.top_level(C)] == [card.ts]  # the same card, no second one
         assert len(k8s.requests_to("/namespaces/shop/deployments/api", "PATCH")) == 1  # re-attached, not re-done
-    finally:
-        await p.stop()
 
 
 # --- 5. operate: rollback, status, scale, restart under the environment's policy ---------------------------
