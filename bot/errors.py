@@ -43,6 +43,13 @@ class Conflict(UserError):
     title = "Conflict"
 
 
+class ToolFailed(UserError):
+    """A tool refused or failed on the way to doing what was asked; the message names the tool and
+    says what did not change."""
+
+    title = "Tool failed"
+
+
 class ConfigError(Exception):
     """The configuration is invalid; `problems` lists every error with its path."""
 

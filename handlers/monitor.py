@@ -16,7 +16,7 @@ from bot.audit import Outcome
 from bot.clock import iso
 from bot.context import Ctx, Services
 from bot.durations import MAX_DURATION, format_duration, parse_duration
-from bot.errors import Conflict, NotConfigured, NotFound, UsageError
+from bot.errors import Conflict, NotConfigured, NotFound, ToolFailed, UsageError
 from bot.ports import AdapterError, Matcher, NewItem, QueryResult
 from bot.router import CommandGroup, HookResult, SubmitErrors
 from bot.web import HookRejected
@@ -153,7 +153,7 @@ async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: s
     except BaseException as err:
         await _unclaim(ctx, group_id, "silence_id")
         if isinstance(err, AdapterError):
-            raise Conflict(f"I couldn't create the silence, the card is unchanged: {err}") from None
+            raise ToolFailed(f"I couldn't create the silence, the card is unchanged: {err}") from None
         raise
     await ctx.services.alerts.change(
         group_id, "alert.silenced", ctx.actor, silence_id=silence_id, silenced_by=ctx.actor, silence_until=until
@@ -224,7 +224,7 @@ async def silence_submit(ctx: Ctx, values: dict[str, str | None], meta: SilenceF
     try:
         silence_id = await _am(ctx.services).silence(matchers, until, created_by=f"opsloop:{ctx.actor}", comment=reason)
     except AdapterError as err:
-        raise Conflict(f"I couldn't create the silence: {err}") from None
+        raise ToolFailed(f"I couldn't create the silence: {err}") from None
     await ctx.services.alerts.change(
         meta.group,
         "alert.silenced",
@@ -246,7 +246,7 @@ async def unsilence(ctx: Ctx, ref: GroupRef) -> v.Reply:
         await _am(ctx.services).expire(g.silence_id)
     except AdapterError as err:
         if "not found" not in str(err).lower():
-            raise Conflict(f"I couldn't end the silence, the card is unchanged: {err}") from None
+            raise ToolFailed(f"I couldn't end the silence, the card is unchanged: {err}") from None
     await ctx.services.alerts.change(
         ref.group, "alert.unsilenced", ctx.actor, silence_id=None, silenced_by=None, silence_until=None
     )
@@ -274,7 +274,7 @@ async def ack(ctx: Ctx, ref: GroupRef) -> v.Reply:
                         f"acknowledged in chat by {who.name} (opsloop)",
                     )
                 except AdapterError as err:
-                    raise Conflict(f"Nagios did not take the acknowledgement, nothing changed: {err}") from None
+                    raise ToolFailed(f"Nagios did not take the acknowledgement, nothing changed: {err}") from None
         note = " Nagios has it too."
     await ctx.services.alerts.change(ref.group, "alert.acked", ctx.actor, acked_by=ctx.actor, acked_at=ctx.clock.now())
     return v.Reply.text(f"You own it now.{note}")
@@ -440,7 +440,7 @@ async def silence(ctx: Ctx, spec: str) -> v.Reply:
             matchers, until, created_by=f"opsloop:{ctx.actor}", comment=reasons[0]
         )
     except AdapterError as err:
-        raise Conflict(f"Alertmanager refused the silence: {err}") from None
+        raise ToolFailed(f"Alertmanager refused the silence: {err}") from None
     await ctx.audit(
         "monitor.silence.created",
         Outcome.OK,
@@ -476,7 +476,7 @@ async def expire_silence(ctx: Ctx, ref: SilenceId) -> v.Reply:
     try:
         await _am(ctx.services).expire(ref.id)
     except AdapterError as err:
-        raise Conflict(f"Alertmanager did not end it: {err}") from None
+        raise ToolFailed(f"Alertmanager did not end it: {err}") from None
     return v.Reply.text(f"Silence `{ref.id}` ended.")
 
 
@@ -518,7 +518,7 @@ async def query(ctx: Ctx, promql: str) -> v.Reply:
             return v.Reply(v.Message(f"{expr}", (v.Section(f"`{v.esc(expr)}`"), v.Code(_value_table(result)))))
         png = await _chart(ctx.services, expr, expr, span)
     except AdapterError as err:
-        raise Conflict(str(err)) from None
+        raise ToolFailed(str(err)) from None
     await ctx.services.upload(
         ctx.channel, "query.png", png, title=f"{expr} ({last})", comment=f"`{v.esc(expr)}` over {last}"
     )
@@ -545,7 +545,7 @@ async def graph(ctx: Ctx, panel: str, span: timedelta | None) -> v.Reply:
     try:
         png = await ctx.services.grafana.render(uid, int(pid), minutes=minutes)
     except AdapterError as err:
-        raise Conflict(str(err)) from None
+        raise ToolFailed(str(err)) from None
     await ctx.services.upload(
         ctx.channel,
         f"grafana-{uid}-{pid}.png",
@@ -569,7 +569,7 @@ async def search(ctx: Ctx, spl: str) -> v.Reply:
     try:
         result = await ctx.services.splunk.search(spl)
     except AdapterError as err:
-        raise Conflict(str(err)) from None
+        raise ToolFailed(str(err)) from None
     if not result.rows:
         return v.Reply.text("No results in the last 15 minutes.")
     cols = result.columns
