@@ -32,6 +32,12 @@ _PATTERNS = [
 ]
 
 
+# A word that each pattern above contains (except the URL one: `://` and `@`), case-folded.
+_WORDS = (
+    *("xox", "xapp-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "akia", "eyj", "private key", "bearer"),
+    *("pass", "pwd", "secret", "token", "apikey", "api_key", "api-key", "accesskey", "access_key", "access-key"),
+)
+
 # One pass that finds every place a pattern above could start; most texts have none.
 _MAYBE = re.compile(
     "|".join(f"(?i:{p.pattern[4:]})" if p.pattern.startswith("(?i)") else f"(?:{p.pattern})" for p in _PATTERNS)
@@ -77,7 +83,15 @@ class Redactor:
                 return True  # control characters other than \t \n \r: walk the strings
             for escaped, char in (("\\n", "\n"), ("\\t", "\t"), ("\\r", "\r"), ('\\"', '"'), ("\\\\", "\\")):
                 document = document.replace(escaped, char)
-        return bool(_MAYBE.search(document)) or any(v in document for v in self._values)
+        if any(v in document for v in self._values):
+            return True
+        # _MAYBE tries ten alternatives at every character (about 3 ms for a 32 KiB body); every pattern
+        # needs one of these words first, found by a plain substring search of the case-folded text
+        # (case folding, as IGNORECASE matches `ſ` for `s` and `K` for `k`).
+        folded = document.casefold()
+        if not any(w in folded for w in _WORDS) and not ("://" in folded and "@" in folded):
+            return False
+        return bool(_MAYBE.search(document))
 
     def value(self, v: Any) -> Any:
         """Redact every string inside a JSON-like value."""

@@ -23,6 +23,9 @@ PIECES = [
     "a\\nb \\u0041 \\t",  # literal backslashes
     "bell\x07 and form\x0cfeed",
     "ünïcödé ✓ \u2028",
+    "paſſword: hunter2hunter2",  # IGNORECASE matches the long s for s
+    "api_\u212aey=abcdefgh",  # and the Kelvin sign for k
+    "see https://example.com/a@b and ghost",
     "",
 ]
 
