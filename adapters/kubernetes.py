@@ -324,6 +324,15 @@ class KubernetesTarget:
             self._conns[context] = conn
             return conn
 
+    async def warm(self) -> None:
+        """Load the kubeconfig and the client's API modules now, on the pool, so the first deploy check
+        does not spend its timeout importing them (seconds on a busy machine). Failures are left for
+        the first real call to report, with its context."""
+        try:
+            await self._pool.run(self.name, self._connect, None, timeout=max(self._timeout, 30.0))
+        except Exception as err:  # the first real call reports it, with its context
+            log.debug("kubernetes: warming the client failed: %s", err)
+
     async def _call(self, context: str | None, about: str, action: str, fn: Callable[[_Conn], T]) -> T:
         """Run `fn(conn)` on the pool; every failure becomes an AdapterError about `about`."""
 

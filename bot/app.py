@@ -66,8 +66,10 @@ from bot.ports import (
     Repository,
     TestResultsReader,
     Tracker,
+    Warmable,
 )
 from bot.redact import Redactor, redact_own_logs
+from bot.releases import end_expired_freezes
 from bot.router import CommandGroup, Router
 from bot.store import Store
 from bot.web import build_web_app
@@ -186,6 +188,9 @@ class Opsloop:
         await self.services.jobs.recover()
         await self.services.approvals.expire_due()
         self._tasks.append(asyncio.create_task(self._sweep(), name="approval-sweeper"))
+        for target in self.tools.targets.values():
+            if isinstance(target, Warmable):
+                self._tasks.append(asyncio.create_task(target.warm(), name=f"warm-{target.name}"))
         for seconds, fn in self.router.periodics:
             self._tasks.append(asyncio.create_task(self._every(seconds, fn), name=f"every-{fn.__name__}"))
 
@@ -202,6 +207,7 @@ class Opsloop:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
                 await self.services.approvals.expire_due()
+                await end_expired_freezes(self.services)  # their notices say so when they run out
                 await self.prune()
             except Exception:
                 log.exception("periodic sweep failed")

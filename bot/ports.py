@@ -653,6 +653,14 @@ class WorkloadStatus:
     message: str = ""
 
 
+@runtime_checkable
+class Warmable(Protocol):
+    """A tool whose first call is slow for reasons of its own (a client that imports its API lazily);
+    opsloop warms it in the background at start, so that first call keeps its timeout."""
+
+    async def warm(self) -> None: ...
+
+
 class DeployTarget(Protocol):
     """Kubernetes or a command (helm, ansible, a script)."""
 

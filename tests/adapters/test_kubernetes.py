@@ -36,6 +36,7 @@ from bot.ports import (
     DeployProgress,
     DeployTarget,
     TargetSpec,
+    Warmable,
 )
 from tests.conftest import require_servers
 from tests.emulators.kubernetes import TEST_CERT, KubernetesEmulator
@@ -753,3 +754,26 @@ async def test_kubectl_scale(kubectl: Kubectl, tls_emu: KubernetesEmulator) -> N
     assert len(tls_emu.replica_sets("default", "web")) == 1
     d = client.V1Deployment.from_dict(tls_emu.deployment("default", "web"))
     assert rollout_state(d) == ("done", 'deployment "web" successfully rolled out')
+
+
+async def test_warm_loads_the_client_ahead_and_a_bad_kubeconfig_is_left_to_the_first_call(
+    pool: BlockingPool, kubeconfig: Path, tmp_path: Path, emu: KubernetesEmulator
+) -> None:
+    t = make_target(pool, kubeconfig)
+    assert isinstance(t, Warmable)
+    before = len(emu.requests)
+    try:
+        await t.warm()
+        assert list(t._conns) == [None]  # the default context is connected, ready for the first call
+        assert len(emu.requests) == before  # warming asks the cluster nothing
+    finally:
+        t.close()
+    broken = tmp_path / "broken-kubeconfig"
+    broken.write_text("not: [a kubeconfig")
+    bad = make_target(pool, broken)
+    try:
+        await bad.warm()  # says nothing; the first real call reports the problem with its context
+        with pytest.raises(AdapterError, match=r"^Kubernetes: .*ParserError"):
+            await bad.check()
+    finally:
+        bad.close()

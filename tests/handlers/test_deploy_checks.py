@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+import bot.app
 from bot.clock import FakeClock
 from tests.emulators.jenkins import BuildScript, Case, JenkinsEmulator, junit_xml
 from tests.emulators.slack import SlackEmulator
@@ -25,7 +26,7 @@ from tests.handlers.deploy_support import (
     set_running,
     text_of,
 )
-from tests.support import ALICE, BOB, slack_ops, slack_workspace
+from tests.support import ALICE, BOB, slack_ops, slack_workspace, wait_until
 
 TOKEN_ENV = "OPSLOOP_TEST_JENKINS_TOKEN"
 C = APPROVALS_CHANNEL
@@ -174,3 +175,21 @@ async def test_a_freeze_notice_in_the_approvals_channel_says_how_the_freeze_ende
         await h.command("deploy shop 1.2.0 to prod", user=BOB)
         assert "waiting for approval" in text_of(release_cards(h)[-1])
         assert "maintenance window~ — ended at" in notices(h, emu)[-1]
+
+
+async def test_a_freeze_that_runs_out_unseen_is_ended_by_the_periodic_sweep(
+    tmp_path: Path, emu: SlackEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bot.app, "SWEEP_SECONDS", 0.05)
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    clock = FakeClock()
+    cfg = command_config(tmp_path, repo, deploy_script(tmp_path))
+    async with slack_ops(tmp_path, emu, clock=clock, **cfg) as h:
+        await h.command('freeze prod 1h "nobody looks at prod"', user=ALICE)
+        [notice] = notices(h, emu)
+        assert "*prod is frozen* until" in notice
+        # Nobody deploys or asks about prod: the sweep alone notices the freeze ran out.
+        clock.advance(3601)
+        await wait_until(lambda: "nobody looks at prod~ — ended at" in notices(h, emu)[0], timeout=10)
+        assert len(notices(h, emu)) == 1
