@@ -229,6 +229,13 @@ def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, h
     return out
 
 
+def group_buttons(g: Group, alerts: Sequence[StoredAlert], silence_hours: Sequence[int]) -> list[v.Button]:
+    """The group's buttons, with Runbook and Graph when one of its alerts has a runbook or a query."""
+    runbook = next((a.annotations.get("runbook_url") for a in alerts if a.annotations.get("runbook_url")), None)
+    has_query = any(a.generator_url and "g0.expr=" in a.generator_url for a in alerts)
+    return alert_buttons(g, silence_hours, runbook, has_query)
+
+
 def card(
     g: Group, alerts: Sequence[StoredAlert], *, now: float, silence_hours: Sequence[int] = (1, 4, 24)
 ) -> v.Message:
@@ -281,9 +288,7 @@ def card(
         notes.append(f"🎫 ticket {v.esc(g.ticket)}")
     if notes:
         blocks.append(v.Context(tuple(notes[:10])))
-    runbook = next((a.annotations.get("runbook_url") for a in alerts if a.annotations.get("runbook_url")), None)
-    has_query = any(a.generator_url and "g0.expr=" in a.generator_url for a in alerts)
-    buttons = alert_buttons(g, silence_hours, runbook, has_query)
+    buttons = group_buttons(g, alerts, silence_hours)
     if buttons:
         blocks.append(v.Actions(tuple(buttons)))
     blocks.append(v.Context((f"{g.source} · group `{g.id}`",)))
@@ -460,9 +465,7 @@ def page_group(
     if fit < len(lines):
         body.append(more_note.format(len(lines) - fit))
     blocks: list[v.Block] = [v.Section("\n".join(body))]
-    runbook = next((a.annotations.get("runbook_url") for a in alerts if a.annotations.get("runbook_url")), None)
-    has_query = any(a.generator_url and "g0.expr=" in a.generator_url for a in alerts)
-    buttons = alert_buttons(g, silence_hours, runbook, has_query)
+    buttons = group_buttons(g, alerts, silence_hours)
     if buttons:
         blocks.append(v.Actions(tuple(buttons)))
     return blocks, lines[fit:]
