@@ -49,6 +49,7 @@ from bot.outbox import Pacing
 from bot.router import Click, Invocation, Submission, SubmitErrors
 from bot.store import rows
 from bot.web import build_web_app
+from tests.adapters.test_nagios import payload as nagios_payload
 from tests.emulators.grafana import DOCS_EXAMPLE as GRAFANA_EXAMPLE
 from tests.emulators.slack import validate_blocks, validate_view
 from tests.emulators.splunk import DOCS_EXAMPLE as SPLUNK_EXAMPLE
@@ -697,26 +698,7 @@ ALERTMANAGER_EXAMPLE: dict[str, Any] = {
     "groupKey": '{}/{alertname=~".+"}:{alertname="HighLatency"}',
     "truncatedAlerts": 0,
 }
-NAGIOS_EXAMPLE: dict[str, Any] = {
-    "type": "PROBLEM",
-    "host": "web01",
-    "host_state": "UP",
-    "service": "HTTP",
-    "service_state": "CRITICAL",
-    "state_type": "HARD",
-    "output": "CRITICAL - connection refused",
-    "long_output": "",
-    "perfdata": "time=5s;1;2",
-    "time": "Thu Nov 26 04:24:03 UTC 2026",
-    "timet": 1795667043,
-    "last_state_change": 1795667040,
-    "problem_id": 7,
-    "last_problem_id": 0,
-    "author": "",
-    "comment": "",
-    "notification_number": 1,
-    "attempt": 1,
-}
+NAGIOS_EXAMPLE = nagios_payload()  # a service PROBLEM as opsloop-nagios-notify posts it
 JENKINS_EXAMPLE: dict[str, Any] = {
     "name": "api-build",
     "display_name": "api-build",
