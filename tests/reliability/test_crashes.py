@@ -110,6 +110,7 @@ class Crashes:
     cycles: list[Cycle] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     n: int = 0
+    patch_mark: int = 0  # PATCHes of the Deployment before this cycle's deploy
 
     # --- talking to opsloop as Slack and Alertmanager do; None when opsloop died before answering
 
@@ -154,9 +155,11 @@ class Crashes:
             con.close()
 
     def patches_to(self, version: str) -> int:
-        """PATCHes of the Deployment that set this version's image: the deploys that really happened."""
+        """PATCHes of the Deployment setting this version's image since the cycle's deploy was requested:
+        the deploys that really happened."""
         image = f"{IMAGE}:{version}"
-        return sum(image in json.dumps(r.body) for r in self.k8s.requests_to("/deployments/api", "PATCH"))
+        patches = self.k8s.requests_to("/deployments/api", "PATCH")[self.patch_mark :]
+        return sum(image in json.dumps(r.body) for r in patches)
 
     def text(self, channel: str, ts: str) -> str:
         msg = self.emu.message(channel, ts)
@@ -232,6 +235,7 @@ async def rollout(c: Crashes) -> None:
 async def request_deploy(c: Crashes) -> str:
     current = c.k8s.image("shop", "api").rsplit(":", 1)[1]
     version = c.rng.choice([v for v in VERSIONS if v != current])
+    c.patch_mark = len(c.k8s.requests_to("/deployments/api", "PATCH"))
     assert await c.command(f"deploy api {version} to prod", BOB) == 200
     return version
 
