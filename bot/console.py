@@ -227,8 +227,15 @@ class ConsoleTransport:
             Panel(content[-2000:], title=f"{channel}: file {payload.get('filename')}", title_align="left", expand=False)
         )
 
-    async def find_posted(self, channel: str, thread_ts: str | None, marker: str, since: float) -> str | None:
+    async def find_posted(
+        self, channel: str, thread_ts: str | None, marker: str, since: float
+    ) -> tuple[str, str] | None:
         return None  # a new console session starts with an empty screen
+
+    async def pin(self, channel: str, ts: str, *, pinned: bool) -> None:
+        shown = self.screen.messages.get((channel, ts))
+        what = shown.payload.get("text", "") if shown else ts
+        self.screen.out.print(f"📌 {'pinned' if pinned else 'unpinned'} in {channel}: {str(what)[:80]}", style="dim")
 
 
 class ConsoleSurface:

@@ -17,7 +17,9 @@ BOT_SCOPES = [
     "commands",  # /ops and the message shortcut
     "files:write",  # long logs and charts as files
     "groups:history",
+    "groups:read",  # a private channel's id from its configured #name (the outbox keys channels by id)
     "im:history",
+    "pins:write",  # the freeze notice stays pinned in the approvals channel while the freeze lasts
     "reactions:read",  # a configured reaction files a message as feedback or a ticket
     "usergroups:read",  # roles given to user groups
     "users:read",  # names, bots and guests for policy decisions

@@ -52,6 +52,8 @@ class Op(enum.StrEnum):
     HOME = "home"
     RESPOND = "respond"
     UPLOAD = "upload"
+    PIN = "pin"
+    UNPIN = "unpin"
 
 
 class State(enum.StrEnum):
@@ -100,8 +102,14 @@ class ChatTransport(Protocol):
 
     async def upload(self, channel: str, payload: Payload, *, thread_ts: str | None) -> None: ...
 
-    async def find_posted(self, channel: str, thread_ts: str | None, marker: str, since: float) -> str | None:
-        """The ts of a message we posted with this marker, if it exists."""
+    async def find_posted(
+        self, channel: str, thread_ts: str | None, marker: str, since: float
+    ) -> tuple[str, str] | None:
+        """(channel id, ts) of a message we posted with this marker, if it exists."""
+        ...
+
+    async def pin(self, channel: str, ts: str, *, pinned: bool) -> None:
+        """Pin or unpin a message; pinning what is pinned (or the reverse) is no error."""
         ...
 
 
@@ -176,6 +184,7 @@ class Outbox:
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
         self.on_posted: list[Callable[[MessageRef], Awaitable[None]]] = []
+        self._ids: dict[str, str] = {}  # channel names (`#ops`) -> the ids Slack answered posts with
 
     # --- enqueue -------------------------------------------------------------------------------------
 
@@ -183,7 +192,7 @@ class Outbox:
         now = self._clock.now()
         return {
             "op": str(op),
-            "channel": channel,
+            "channel": self._ids.get(channel, channel),
             "payload": json.dumps(self._redacted(payload), separators=(",", ":")),
             "state": str(State.PENDING),
             "next_at": time.time(),
@@ -259,6 +268,23 @@ class Outbox:
         else:
             channel = ref["channel"]
         self._insert(db, self._row(Op.UPDATE, channel, payload, ref_key=key))
+        return True
+
+    def pin_in(self, db: Database, key: str, *, pinned: bool = True) -> bool:
+        """Queue a pin (or unpin) of the message of `key` inside a running write, after its post; False if
+        there is no such message."""
+        ref = one(db, "SELECT channel FROM message_refs WHERE key = ?", (key,))
+        if ref is None:
+            post = one(
+                db,
+                "SELECT channel FROM outbox WHERE ref_key = ? AND op = 'post' AND state IN ('pending', 'sending')",
+                (key,),
+            )
+            if post is None:
+                return False
+            ref = post
+        op = Op.PIN if pinned else Op.UNPIN
+        self._insert(db, self._row(op, ref["channel"], {}, ref_key=key))
         return True
 
     def ephemeral_in(
@@ -339,6 +365,8 @@ class Outbox:
 
     async def start(self) -> None:
         """Reconcile rows left `sending` by a crash, then start delivering."""
+        known = await self._store.read(lambda db: rows(db, "SELECT name, id FROM channel_ids"))
+        self._ids = {r["name"]: r["id"] for r in known}
         await self._recover()
         self._stopping = False
         self._runner = asyncio.create_task(self._run(), name="outbox")
@@ -386,15 +414,16 @@ class Outbox:
             if r["op"] == Op.POST:
                 thread_ts = r["thread_ts"] or await self._thread_ts(r)
                 try:
-                    ts = await self.transport.find_posted(
+                    found = await self.transport.find_posted(
                         r["channel"], thread_ts, self._marker(r), (r["started_at"] or r["created_at"]) - 60
                     )
                 except DeliveryError as err:
                     log.warning("outbox: could not check whether row %s was posted (%s); retrying it", r["id"], err)
-                    ts = None
-                if ts is not None:
+                    found = None
+                if found is not None:
+                    channel, ts = found
                     log.info("outbox: row %s was posted before the restart (ts %s); not posting again", r["id"], ts)
-                    await self._store.write(partial(self._mark_sent, r=r, channel=r["channel"], ts=ts))
+                    await self._store.write(partial(self._mark_sent, r=r, channel=channel, ts=ts))
                     continue
             await self._store.write(partial(_requeue, row_id=r["id"]))
 
@@ -506,9 +535,9 @@ class Outbox:
                 found = await t.find_posted(r["channel"], thread_ts, self._marker(r), r["created_at"] - 60)
             if found is not None:
                 log.info(
-                    "outbox: row %s was posted by an attempt that failed (ts %s); not posting again", r["id"], found
+                    "outbox: row %s was posted by an attempt that failed (ts %s); not posting again", r["id"], found[1]
                 )
-                channel, ts = r["channel"], found
+                channel, ts = found
             else:
                 channel, ts = await t.post(r["channel"], payload, thread_ts=thread_ts, marker=self._marker(r))
             await self._store.write(lambda db: self._mark_sent(db, r, channel, ts))
@@ -529,6 +558,11 @@ class Outbox:
                 await t.respond(r["user"], payload)
             elif op is Op.UPLOAD:
                 await t.upload(r["channel"], payload, thread_ts=r["thread_ts"] or await self._thread_ts(r))
+            elif op is Op.PIN or op is Op.UNPIN:
+                ref = await self.ref(r["ref_key"])
+                if ref is None:
+                    raise DeliveryError(f"no message is known for `{r['ref_key']}`", retryable=False)
+                await t.pin(ref.channel, ref.ts, pinned=op is Op.PIN)
             await self._store.write(lambda db: self._mark_sent(db, r, r["channel"], None))
         self._metrics.outbox_sent.labels(op=str(op)).inc()
 
@@ -536,6 +570,12 @@ class Outbox:
         db.execute(
             "UPDATE outbox SET state = 'sent', sent_at = ?, error = NULL WHERE id = ?", (self._clock.now(), r["id"])
         )
+        name = r["channel"]
+        if ts is not None and name.startswith("#") and channel != name:
+            # Slack answered with the channel's id: from now on this channel is one queue, by its id.
+            self._ids[name] = channel
+            db.execute("INSERT OR REPLACE INTO channel_ids (name, id) VALUES (?, ?)", (name, channel))
+            db.execute("UPDATE outbox SET channel = ? WHERE channel = ? AND state = 'pending'", (channel, name))
         if ts is not None and r["ref_key"]:
             db.execute(
                 "INSERT INTO message_refs (key, channel, ts, created_at, sent_hash) VALUES (?, ?, ?, ?, ?)"

@@ -252,6 +252,7 @@ def end_freeze_in(services: Services, db: Database, env: str, how: str, *, expir
         services.outbox.update_in(
             db, r["notice_key"], rendering.message(freeze_notice(env, r["until"], r["reason"], r["by"], how))
         )
+        services.outbox.pin_in(db, r["notice_key"], pinned=False)
     return True
 
 

@@ -95,6 +95,36 @@ class SlackTransport:
 
     def __init__(self, client: AsyncWebClient) -> None:
         self.client = client
+        self._ids: dict[str, str] = {}
+
+    async def channel_id(self, channel: str) -> str:
+        """The id of a channel given as `#name` (Slack edits, pins and reads history only by id); an id as is.
+
+        Names are looked up once with conversations.list (public and private channels the bot can see)."""
+        if not channel.startswith("#"):
+            return channel
+        if channel in self._ids:
+            return self._ids[channel]
+        cursor: str | None = None
+        for _ in range(50):  # 50 pages of 200 channels
+            resp = await self._call(
+                "conversations.list",
+                partial(
+                    self.client.conversations_list,
+                    types="public_channel,private_channel",
+                    exclude_archived=True,
+                    limit=200,
+                    cursor=cursor,
+                ),
+            )
+            for c in resp.get("channels", []):
+                self._ids[f"#{c['name']}"] = str(c["id"])
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if channel in self._ids or not cursor:
+                break
+        if channel not in self._ids:
+            raise DeliveryError(f"no channel {channel} is visible to the bot (invite it there)", retryable=False)
+        return self._ids[channel]
 
     async def _call(self, method: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -115,15 +145,26 @@ class SlackTransport:
                 unfurl_media=False,
             ),
         )
+        if channel.startswith("#"):
+            self._ids[channel] = str(resp["channel"])
         return str(resp["channel"]), str(resp["ts"])
 
     async def update(self, channel: str, ts: str, payload: Payload) -> None:
+        cid = await self.channel_id(channel)
         await self._call(
             "chat.update",
-            lambda: self.client.chat_update(
-                channel=channel, ts=ts, text=payload.get("text"), blocks=payload.get("blocks")
-            ),
+            lambda: self.client.chat_update(channel=cid, ts=ts, text=payload.get("text"), blocks=payload.get("blocks")),
         )
+
+    async def pin(self, channel: str, ts: str, *, pinned: bool) -> None:
+        cid = await self.channel_id(channel)
+        method = "pins.add" if pinned else "pins.remove"
+        call = self.client.pins_add if pinned else self.client.pins_remove
+        try:
+            await self._call(method, partial(call, channel=cid, timestamp=ts))
+        except DeliveryError as err:
+            if not err.reason.endswith(("already_pinned", "no_pin")):  # already as asked: done
+                raise
 
     async def ephemeral(self, channel: str, user: str, payload: Payload, *, thread_ts: str | None) -> None:
         if channel.startswith(("U", "W", "home:")):
@@ -169,11 +210,14 @@ class SlackTransport:
             ),
         )
 
-    async def find_posted(self, channel: str, thread_ts: str | None, marker: str, since: float) -> str | None:
+    async def find_posted(
+        self, channel: str, thread_ts: str | None, marker: str, since: float
+    ) -> tuple[str, str] | None:
+        cid = await self.channel_id(channel)
         cursor: str | None = None
         for _ in range(10):  # a few pages of recent history are plenty for "just before the crash"
             common: dict[str, Any] = {
-                "channel": channel,
+                "channel": cid,
                 "oldest": str(since),
                 "include_all_metadata": True,
                 "cursor": cursor,
@@ -188,7 +232,7 @@ class SlackTransport:
             for m in resp.get("messages", []):
                 meta = m.get("metadata") or {}
                 if meta.get("event_type") == MARKER_EVENT and (meta.get("event_payload") or {}).get("id") == marker:
-                    return str(m["ts"])
+                    return cid, str(m["ts"])
             cursor = (resp.get("response_metadata") or {}).get("next_cursor")
             if not cursor:
                 return None

@@ -525,3 +525,10 @@ def m009_dora_rollouts(db: Database) -> None:
     )
     db.execute(insert.replace("NEW.", "e.").replace(" WHERE e.kind", " FROM events AS e WHERE e.kind"))
     _release_commits(db)
+
+
+@MIGRATIONS()
+def m010_channel_ids(db: Database) -> None:
+    # Config names channels (`#approvals`); Slack edits, pins and finds messages only by channel id. The
+    # id a post answered with is kept, so every later row of that channel is queued (paced, ordered) as one.
+    db.execute("CREATE TABLE channel_ids (name TEXT PRIMARY KEY, id TEXT NOT NULL)")

@@ -995,9 +995,8 @@ async def freeze(ctx: Ctx, env: str, duration: Any, reason: str) -> v.Reply:
     now = ctx.clock.now()
     until = now + duration.total_seconds()
     key = f"freeze:{env}:{secrets.token_hex(6)}"  # one notice per freeze, however close together they come
-    # The notice is posted, not pinned: the outbox has no pin operation (and the Slack emulator no
-    # pins.add). It is edited when the freeze is lifted or replaced, and when a check, `deploy status`
-    # or `unfreeze` finds it run out (no periodic sweep reaches the deploy stage).
+    # The notice is pinned while the freeze lasts. It is edited (and unpinned) when the freeze is lifted
+    # or replaced, and when the periodic sweep, a check, `deploy status` or `unfreeze` finds it run out.
     channel = ctx.config.channels.approvals or ctx.config.channels.default
     services = ctx.services
 
@@ -1016,6 +1015,7 @@ async def freeze(ctx: Ctx, env: str, duration: Any, reason: str) -> v.Reply:
             (env, until, reason, ctx.actor, now, key),
         )
         services.post_in(db, channel, freeze_notice(env, until, reason, ctx.actor), key=key, dedupe=f"post:{key}")
+        services.outbox.pin_in(db, key)  # pinned while the freeze lasts; unpinned when it ends
 
     await ctx.store.write(tx)
     ctx.services.outbox.kick()

@@ -45,6 +45,12 @@ purpose, tests rely on them):
 * The rate-limit buckets, trigger lifetimes, response_url ages, fault windows and ``Call.at``
   use ``emu.clock`` (``time.monotonic`` unless replaced); request signing uses ``time.time()``.
 * ``rate_limited_count`` counts every 429 answered, including injected ones.
+* A channel is named by its id everywhere except where a message is posted: ``chat.update``,
+  ``chat.delete``, ``conversations.*``, ``reactions.*`` and ``pins.*`` answer ``channel_not_found``
+  to a ``#name`` (as Slack does); ``chat.postMessage``, ``chat.postEphemeral`` and files take both.
+* ``conversations.list`` lists private channels only where the bot is a member.
+* ``pins.add`` / ``pins.remove`` / ``pins.list`` keep a pin per message (``already_pinned``,
+  ``no_pin``, ``no_item_specified``, ``too_many_pins`` past 100); ``pinned(channel)`` shows them.
 * Incoming webhooks answer like Slack's: 200 ``text/plain`` ``ok``; plain-text errors
   (400 ``invalid_payload`` / ``no_text`` / ``invalid_blocks``, 404 ``no_service`` for an unknown URL).
   The URL fixes the channel: the body's ``channel``, ``username`` and icon fields are ignored, as
@@ -135,6 +141,7 @@ class Message:
     files: list[dict[str, Any]] = field(default_factory=list)
     reply_broadcast: bool = False
     app_id: str | None = None
+    pinned_by: str | None = None  # who pinned it (pins.add), None when it is not pinned
 
     @property
     def updates(self) -> list[dict[str, Any]]:
@@ -173,6 +180,8 @@ class Message:
             out["edited"] = {"user": self.user, "ts": self.history[-1]["edited_ts"] if self.history else self.ts}
         if self.reactions:
             out["reactions"] = [{"name": n, "users": list(u), "count": len(u)} for n, u in self.reactions.items()]
+        if self.pinned_by:
+            out["pinned_to"] = [self.channel]
         if include_metadata and self.metadata is not None:
             out["metadata"] = copy.deepcopy(self.metadata)
         return out
@@ -816,11 +825,15 @@ _METHOD_TIER: dict[str, int] = {
     "chat.update": 3,
     "conversations.history": 3,
     "conversations.info": 3,
+    "conversations.list": 2,
     "conversations.members": 4,
     "conversations.open": 3,
     "conversations.replies": 3,
     "files.completeUploadExternal": 4,
     "files.getUploadURLExternal": 4,
+    "pins.add": 2,
+    "pins.list": 2,
+    "pins.remove": 2,
     "reactions.add": 3,
     "reactions.get": 3,
     "reactions.remove": 2,
@@ -844,8 +857,10 @@ DEFAULT_SCOPES = [
     "commands",
     "files:write",
     "groups:history",
+    "groups:read",
     "im:history",
     "im:write",
+    "pins:write",
     "reactions:read",
     "reactions:write",
     "usergroups:read",
@@ -963,11 +978,15 @@ class SlackEmulator:
             "chat.update": self._chat_update,
             "conversations.history": self._conversations_history,
             "conversations.info": self._conversations_info,
+            "conversations.list": self._conversations_list,
             "conversations.members": self._conversations_members,
             "conversations.open": self._conversations_open,
             "conversations.replies": self._conversations_replies,
             "files.completeUploadExternal": self._files_complete_upload_external,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
+            "pins.add": self._pins_add,
+            "pins.list": self._pins_list,
+            "pins.remove": self._pins_remove,
             "reactions.add": self._reactions_add,
             "reactions.get": self._reactions_get,
             "reactions.remove": self._reactions_remove,
@@ -1350,6 +1369,12 @@ class SlackEmulator:
             return self._dm_channel(ref)
         return next((c for c in self._channels.values() if c.name == ref and not c.is_im), None)
 
+    def _channel_by_id(self, ref: str | None) -> _Channel | None:
+        """The channel of an id. Slack takes a `#name` only where a message is posted (chat.postMessage,
+        chat.postEphemeral, files); methods that read or change what is there (chat.update, chat.delete,
+        conversations.*, reactions.*, pins.*) answer `channel_not_found` to a name."""
+        return self._channels.get(ref) if ref else None
+
     def _dm_channel(self, user_id: str) -> _Channel:
         for c in self._channels.values():
             if c.is_im and c.im_user == user_id:
@@ -1656,7 +1681,7 @@ class SlackEmulator:
         return {"channel": ch.id, "ts": msg.ts, "message": self._api_message(msg, include_metadata=True)}
 
     def _find_message(self, a: _Args, ts_param: str = "ts") -> tuple[_Channel, Message]:
-        ch = self._lookup_channel(a.req("channel", error="channel_not_found"))
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
         if ch is None:
             raise SlackError("channel_not_found")
         ts = a.req(ts_param, error="message_not_found")
@@ -1737,7 +1762,7 @@ class SlackEmulator:
         return [m for m in msgs if keep(m)]
 
     def _conversations_history(self, a: _Args) -> dict[str, Any]:
-        ch = self._lookup_channel(a.req("channel", error="channel_not_found"))
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
         if ch is None:
             raise SlackError("channel_not_found")
         if not ch.bot_member:
@@ -1748,7 +1773,7 @@ class SlackEmulator:
         return self._paginate(a, [self._api_message(m, include_metadata=md) for m in msgs], "messages")
 
     def _conversations_replies(self, a: _Args) -> dict[str, Any]:
-        ch = self._lookup_channel(a.req("channel", error="channel_not_found"))
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
         if ch is None:
             raise SlackError("channel_not_found")
         ts = a.req("ts", error="thread_not_found")
@@ -1777,13 +1802,27 @@ class SlackEmulator:
         }
 
     def _conversations_info(self, a: _Args) -> dict[str, Any]:
-        ch = self._lookup_channel(a.req("channel", error="channel_not_found"))
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
         if ch is None:
             raise SlackError("channel_not_found")
         return {"channel": self._conversation_obj(ch)}
 
+    def _conversations_list(self, a: _Args) -> dict[str, Any]:
+        # Private channels only where the bot is a member (and with groups:read), as Slack lists them.
+        types = set((a.s("types") or "public_channel").split(","))
+        chans = [
+            c
+            for c in self._channels.values()
+            if not c.is_im
+            and (
+                ("public_channel" in types and not c.is_private)
+                or ("private_channel" in types and c.is_private and c.bot_member and "groups:read" in self.scopes)
+            )
+        ]
+        return self._paginate(a, [self._conversation_obj(c) for c in sorted(chans, key=lambda c: c.id)], "channels")
+
     def _conversations_members(self, a: _Args) -> dict[str, Any]:
-        ch = self._lookup_channel(a.req("channel", error="channel_not_found"))
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
         if ch is None:
             raise SlackError("channel_not_found")
         members = sorted(ch.members) if ch.members else sorted(u for u in self._users)
@@ -1797,8 +1836,60 @@ class SlackEmulator:
             raise SlackError("user_not_found")
         return {"channel": {"id": self._dm_channel(users[0]).id}}
 
+    def _pin_target(self, a: _Args) -> Message:
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
+        if ch is None:
+            raise SlackError("channel_not_found")
+        if not ch.bot_member:
+            raise SlackError("not_in_channel")
+        ts = a.s("timestamp")
+        if not ts:
+            raise SlackError("no_item_specified")
+        msg = self._store.get(ch.id, {}).get(ts)
+        if msg is None:
+            raise SlackError("message_not_found")
+        return msg
+
+    def _pins_add(self, a: _Args) -> dict[str, Any]:
+        msg = self._pin_target(a)
+        if msg.pinned_by is not None:
+            raise SlackError("already_pinned")
+        if sum(1 for m in self._store.get(msg.channel, {}).values() if m.pinned_by) >= 100:
+            raise SlackError("too_many_pins")  # Slack's limit of pinned items per channel
+        msg.pinned_by = self.bot_user_id
+        return {}
+
+    def _pins_remove(self, a: _Args) -> dict[str, Any]:
+        msg = self._pin_target(a)
+        if msg.pinned_by is None:
+            raise SlackError("no_pin")
+        msg.pinned_by = None
+        return {}
+
+    def _pins_list(self, a: _Args) -> dict[str, Any]:
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
+        if ch is None:
+            raise SlackError("channel_not_found")
+        pinned = sorted((m for m in self._store.get(ch.id, {}).values() if m.pinned_by), key=lambda m: m.ts)
+        return {
+            "items": [
+                {
+                    "type": "message",
+                    "channel": ch.id,
+                    "created_by": m.pinned_by,
+                    "message": self._api_message(m, include_metadata=False),
+                }
+                for m in pinned
+            ]
+        }
+
+    def pinned(self, channel: str) -> list[Message]:
+        """The messages pinned in ``channel`` (an id or ``#name``), oldest first."""
+        ch = self._channel_ref(channel)
+        return sorted((m for m in self._store.get(ch.id, {}).values() if m.pinned_by), key=lambda m: m.ts)
+
     def _reaction_target(self, a: _Args) -> tuple[Message, str]:
-        ch = self._lookup_channel(a.req("channel", error="channel_not_found"))
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
         if ch is None:
             raise SlackError("channel_not_found")
         ts = a.req("timestamp", error="message_not_found")
@@ -1831,7 +1922,7 @@ class SlackEmulator:
         return {}
 
     def _reactions_get(self, a: _Args) -> dict[str, Any]:
-        ch = self._lookup_channel(a.req("channel", error="channel_not_found"))
+        ch = self._channel_by_id(a.req("channel", error="channel_not_found"))
         msg = self._store.get(ch.id, {}).get(a.s("timestamp") or "") if ch else None
         if ch is None:
             raise SlackError("channel_not_found")

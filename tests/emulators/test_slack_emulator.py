@@ -1035,3 +1035,30 @@ async def test_too_many_websockets(emu: SlackEmulator) -> None:
         finally:
             for ws in sockets:
                 await ws.close()
+
+
+@pytest.mark.asyncio
+async def test_pins_and_ids_where_slack_wants_ids(emu: SlackEmulator) -> None:
+    client = client_for(emu)
+    posted = await client.chat_postMessage(channel="#ops", text="notice")  # a name is fine to post
+    cid, ts = posted["channel"], posted["ts"]
+    for call in (
+        lambda: client.chat_update(channel="#ops", ts=ts, text="x"),
+        lambda: client.pins_add(channel="#ops", timestamp=ts),
+        lambda: client.conversations_history(channel="#ops"),
+    ):
+        with pytest.raises(SlackApiError) as e:
+            await call()
+        assert e.value.response["error"] == "channel_not_found"
+    await client.pins_add(channel=cid, timestamp=ts)
+    with pytest.raises(SlackApiError) as e:
+        await client.pins_add(channel=cid, timestamp=ts)
+    assert e.value.response["error"] == "already_pinned"
+    listed = await client.pins_list(channel=cid)
+    assert [i["message"]["ts"] for i in listed["items"]] == [ts] and [m.ts for m in emu.pinned("#ops")] == [ts]
+    await client.pins_remove(channel=cid, timestamp=ts)
+    with pytest.raises(SlackApiError) as e:
+        await client.pins_remove(channel=cid, timestamp=ts)
+    assert e.value.response["error"] == "no_pin"
+    names = {c["name"]: c["id"] for c in (await client.conversations_list(types="public_channel"))["channels"]}
+    assert names["ops"] == cid

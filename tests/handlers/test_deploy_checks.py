@@ -141,14 +141,14 @@ async def test_a_freeze_notice_in_the_approvals_channel_says_how_the_freeze_ende
         await h.command('freeze prod 2h "end of quarter"', user=ALICE)
         [notice] = notices(h, emu)
         assert "*prod is frozen* until" in notice and "by <@U0ALICE>: end of quarter" in notice
-        # Pinning is not done (no pin operation in the Surface; the Slack emulator has no pins.add):
-        # the notice is an ordinary message, and nothing asked Slack for pins.
-        assert not [c for c in emu.calls if c.method.startswith("pins.")]
+        # Pinned in the approvals channel while the freeze lasts.
+        assert [text_of(m) for m in emu.pinned(C)] == [notice]
 
         # Lifted by hand: the same message, struck through, says who lifted it.
         await h.command("unfreeze prod", user=ALICE)
         [notice] = notices(h, emu)
         assert "🧊 ~prod is frozen until" in notice and "~ — lifted early by <@U0ALICE>" in notice
+        assert emu.pinned(C) == []  # unpinned once it no longer holds
 
         # A freeze replaced by a longer one: the first notice says so; one notice stays in force.
         await h.command('freeze prod 1h "release party"', user=ALICE)
@@ -157,6 +157,7 @@ async def test_a_freeze_notice_in_the_approvals_channel_says_how_the_freeze_ende
         _, replaced, current = notices(h, emu)
         assert "release party~ — replaced by a freeze by <@U0BOB> until" in replaced
         assert "*prod is frozen* until" in current and "incident INC-9" in current
+        assert [text_of(m) for m in emu.pinned(C)] == [current]  # only the freeze in force stays pinned
 
         # Run out: the next look at prod (a deploy's checks, `deploy status`) ends it and edits the notice.
         clock.advance(3 * 3600 + 1)
@@ -191,5 +192,7 @@ async def test_a_freeze_that_runs_out_unseen_is_ended_by_the_periodic_sweep(
         assert "*prod is frozen* until" in notice
         # Nobody deploys or asks about prod: the sweep alone notices the freeze ran out.
         clock.advance(3601)
-        await wait_until(lambda: "nobody looks at prod~ — ended at" in notices(h, emu)[0], timeout=10)
+        await wait_until(
+            lambda: "nobody looks at prod~ — ended at" in notices(h, emu)[0] and not emu.pinned(C), timeout=10
+        )
         assert len(notices(h, emu)) == 1

@@ -156,8 +156,13 @@ class CheckingTransport:
     async def upload(self, channel: str, payload: dict[str, Any], *, thread_ts: str | None) -> None:
         self.delivered += 1
 
-    async def find_posted(self, channel: str, thread_ts: str | None, marker: str, since: float) -> str | None:
+    async def find_posted(
+        self, channel: str, thread_ts: str | None, marker: str, since: float
+    ) -> tuple[str, str] | None:
         return None
+
+    async def pin(self, channel: str, ts: str, *, pinned: bool) -> None:
+        self.delivered += 1
 
 
 class CheckingSurface:

@@ -229,3 +229,53 @@ async def test_an_edit_that_changes_nothing_is_not_sent(box: Outbox, emu: SlackE
     await box.update("card:s", msg("new"))
     assert await box.drain(10)
     assert len(emu.calls_to("chat.update")) == 1 and emu.messages("C0OPS")[0].text == "new"
+
+
+async def test_a_channel_named_by_config_becomes_its_id_for_edits_pins_and_restarts(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    # Config names channels (`#ops`); Slack edits, pins and reads history only by id (the emulator, like
+    # Slack, answers channel_not_found to a name there).
+    store = Store(tmp_path / "names.db")
+    await store.open()
+    transport = SlackTransport(web_client(emu.bot_token, emu.api_url))
+    ob = Outbox(store, transport, Metrics(), SystemClock(), Redactor(), FAST)
+    await ob.start()
+    await ob.post("#ops", msg("notice v1"), key="notice")
+    assert await ob.drain(10)
+    await ob.post("#ops", msg("second"))  # queued by name: the outbox knows the id now
+    await store.write(lambda db: ob.pin_in(db, "notice"))
+    await ob.update("notice", msg("notice v2"))
+    queued = await store.read(
+        lambda db: {r["channel"] for r in rows(db, "SELECT channel FROM outbox WHERE state = 'pending'")}
+    )
+    assert queued == {"C0OPS"}  # one queue (one pace, one order) for the channel, whatever it was called
+    assert await ob.drain(10)
+    [notice] = emu.pinned("C0OPS")
+    assert notice.text == "notice v2" and [m.text for m in emu.messages("C0OPS")] == ["notice v2", "second"]
+    await ob.stop()
+
+    # A restart: the crash left a post `sending` under the name; recovery finds it by id, and the ref and
+    # every later edit and unpin use the id.
+    ob2 = Outbox(
+        store, SlackTransport(web_client(emu.bot_token, emu.api_url)), Metrics(), SystemClock(), Redactor(), FAST
+    )
+    await store.write(lambda db: db.execute("DELETE FROM channel_ids"))
+    await store.write(lambda db: ob2.post_in(db, "#ops", msg("card"), key="card:1", dedupe="post:card:1"))
+    [row] = await store.read(lambda db: rows(db, "SELECT dedupe_key FROM outbox WHERE ref_key = 'card:1'"))
+    await transport.post("#ops", msg("card"), thread_ts=None, marker=row["dedupe_key"])
+    await store.write(
+        lambda db: db.execute("UPDATE outbox SET state = 'sending', started_at = created_at WHERE ref_key = 'card:1'")
+    )
+    await ob2.start()
+    try:
+        ref = await ob2.ref("card:1")
+        assert ref is not None and ref.channel == "C0OPS"
+        await ob2.update("card:1", msg("card v2"))
+        await store.write(lambda db: ob2.pin_in(db, "notice", pinned=False))
+        assert await ob2.drain(10)
+    finally:
+        await ob2.stop()
+    assert [m.text for m in emu.messages("C0OPS")] == ["notice v2", "second", "card v2"]
+    assert emu.pinned("C0OPS") == [] and not [c for c in emu.calls if c.error]
+    await store.close()
