@@ -37,6 +37,7 @@ API v2 (`AlertmanagerAPI`), on aiohttp with one lazily made session:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -104,9 +105,15 @@ def matcher_text(m: Matcher) -> str:
 
 def alerts_view_url(base: str, labels: Mapping[str, str]) -> str:
     """Alertmanager's UI listing the alerts that carry these labels."""
+    return _view_url(base, tuple(sorted(labels.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _view_url(base: str, labels: tuple[tuple[str, str], ...]) -> str:
+    # Every alert of a delivery links to the same group view: built once, not once per alert.
     if not labels:
         return f"{base.rstrip('/')}/#/alerts"
-    expr = "{" + ",".join(matcher_text(Matcher(k, v)) for k, v in sorted(labels.items())) + "}"
+    expr = "{" + ",".join(matcher_text(Matcher(k, v)) for k, v in labels) + "}"
     return f"{base.rstrip('/')}/#/alerts?filter={quote(expr, safe='')}"
 
 
