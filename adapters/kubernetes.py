@@ -60,6 +60,7 @@ from bot.ports import (
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+_CONNECT_S = 30.0  # making a client: reading the kubeconfig, importing the client's API modules
 
 TOOL = "Kubernetes"
 FIELD_MANAGER = "opsloop"
@@ -329,16 +330,26 @@ class KubernetesTarget:
         does not spend its timeout importing them (seconds on a busy machine). Failures are left for
         the first real call to report, with its context."""
         try:
-            await self._pool.run(self.name, self._connect, None, timeout=max(self._timeout, 30.0))
+            await self._pool.run(self.name, self._connect, None, timeout=max(self._timeout, _CONNECT_S))
         except Exception as err:  # the first real call reports it, with its context
             log.debug("kubernetes: warming the client failed: %s", err)
 
     async def _call(self, context: str | None, about: str, action: str, fn: Callable[[_Conn], T]) -> T:
-        """Run `fn(conn)` on the pool; every failure becomes an AdapterError about `about`."""
+        """Run `fn(conn)` on the pool; every failure becomes an AdapterError about `about`.
+
+        The client of a context is made first, outside the call's timeout: making it imports the API
+        modules (seconds on a busy machine), which is not the API server being slow."""
 
         def work() -> T:
             return fn(self._connect(context))
 
+        if context not in self._conns:
+            try:
+                await self._pool.run(TOOL, self._connect, context, timeout=max(self._timeout, _CONNECT_S))
+            except AdapterError:
+                raise
+            except Exception as exc:
+                raise self._error(exc, about, action, context) from exc
         try:
             return await self._pool.run(TOOL, work, timeout=self._timeout)
         except AdapterTimeout:

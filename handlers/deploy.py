@@ -30,7 +30,7 @@ from bot.context import Ctx, Services
 from bot.durations import format_duration
 from bot.errors import Conflict, NotAllowed, UsageError
 from bot.jobs import JobCtx
-from bot.ports import AdapterError, DeployProgress, DeployResult
+from bot.ports import AdapterError, DeployProgress, DeployResult, WorkloadStatus
 from bot.releases import (
     ACTIVE,
     DONE,
@@ -1052,14 +1052,19 @@ async def service_status(ctx: Ctx, service: str, env: str | None) -> v.Reply:
     if env:
         environment(ctx.config, env)
     blocks: list[v.Block] = [v.Header(f"{service}")]
-    # One environment after another, not all at once: the first call of a process pays for the
-    # Kubernetes client's start-up, and calls waiting for it would spend their own timeouts meanwhile.
-    for e in envs:
+
+    async def read(e: str) -> WorkloadStatus | AdapterError:
         spec = target_spec(ctx.config, service, e)
         try:
-            st = await target_for(ctx.services, spec).status(spec)
+            return await target_for(ctx.services, spec).status(spec)
         except AdapterError as err:
-            blocks.append(v.Section(f"*{e}*: could not be read ({v.esc(str(err))})"))
+            return err
+
+    # All environments at once: the answer takes one timeout at most, not one per environment (the
+    # Kubernetes client is made outside the calls' timeouts, so they do not wait on each other's start-up).
+    for e, st in zip(envs, await asyncio.gather(*(read(e) for e in envs)), strict=True):
+        if isinstance(st, AdapterError):
+            blocks.append(v.Section(f"*{e}*: could not be read ({v.esc(str(st))})"))
             continue
         pods = "\n".join(
             f"{'🟢' if p.ready else '🔴'} `{v.esc(p.name)}` {v.esc(p.status)}"

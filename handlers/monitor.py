@@ -17,11 +17,24 @@ from bot.clock import iso
 from bot.context import Ctx, Services
 from bot.durations import MAX_DURATION, format_duration, parse_duration
 from bot.errors import Conflict, NotConfigured, NotFound, ToolFailed, UsageError
-from bot.ports import AdapterError, Matcher, NewItem, QueryResult
+from bot.ports import AdapterError, AdapterTimeout, Matcher, NewItem, QueryResult
 from bot.router import CommandGroup, HookResult, SubmitErrors
 from bot.web import HookRejected
 
 group = CommandGroup("monitor", "Alerts, silences, metrics, charts and log searches.")
+
+
+def _silence_failed(err: AdapterError, unchanged: str = "") -> ToolFailed:
+    """What to say when Alertmanager did not take a silence. A timeout is not a refusal: the request
+    was sent, and Alertmanager may still create the silence when it answers."""
+    note = f" ({unchanged})" if unchanged else ""
+    if isinstance(err, AdapterTimeout):
+        return ToolFailed(
+            f"Alertmanager did not answer in time{note}; the silence may still be created when it does: "
+            f"look with `/ops silences` before trying again. ({err})"
+        )
+    return ToolFailed(f"Alertmanager did not create the silence{note}: {err}")
+
 
 _MATCHER = re.compile(r'^([A-Za-z_][A-Za-z0-9_]*)(=~|!~|!=|=)"?(.*?)"?$')
 QUERY_ROWS = 15
@@ -153,7 +166,7 @@ async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: s
     except BaseException as err:
         await _unclaim(ctx, group_id, "silence_id")
         if isinstance(err, AdapterError):
-            raise ToolFailed(f"I couldn't create the silence, the card is unchanged: {err}") from None
+            raise _silence_failed(err, "the card is unchanged") from None
         raise
     await ctx.services.alerts.change(
         group_id, "alert.silenced", ctx.actor, silence_id=silence_id, silenced_by=ctx.actor, silence_until=until
@@ -224,7 +237,7 @@ async def silence_submit(ctx: Ctx, values: dict[str, str | None], meta: SilenceF
     try:
         silence_id = await _am(ctx.services).silence(matchers, until, created_by=f"opsloop:{ctx.actor}", comment=reason)
     except AdapterError as err:
-        raise ToolFailed(f"I couldn't create the silence: {err}") from None
+        raise _silence_failed(err) from None
     await ctx.services.alerts.change(
         meta.group,
         "alert.silenced",
@@ -440,7 +453,7 @@ async def silence(ctx: Ctx, spec: str) -> v.Reply:
             matchers, until, created_by=f"opsloop:{ctx.actor}", comment=reasons[0]
         )
     except AdapterError as err:
-        raise ToolFailed(f"Alertmanager refused the silence: {err}") from None
+        raise _silence_failed(err) from None
     await ctx.audit(
         "monitor.silence.created",
         Outcome.OK,

@@ -92,7 +92,8 @@ async def list_(ctx: Ctx, which: str, tracker: str) -> v.Reply:
     """List plan items: open (default), mine, or all; of the default tracker or the one named."""
     items = await ctx.tracker(tracker or None).list(ListFilter(which), ctx.actor, limit=20)
     if not items:
-        return v.Reply.text(f'No {which} plan items. Create one with `plan new "title"`.')
+        what = {"open": "No open plan items", "mine": "No plan items of yours", "all": "No plan items yet"}[which]
+        return v.Reply.text(f'{what}. Create one with `plan new "title"`.')
     blocks: list[v.Block] = [v.Header(f"Plan items ({which})")]
     for it in items:
         who = v.person(it.assignee) if it.assignee else "_unassigned_"

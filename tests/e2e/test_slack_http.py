@@ -81,7 +81,7 @@ async def test_mentions_answer_in_a_thread_and_event_retries_are_ignored(tmp_pat
         await h.settle()
         assert first.status == 200 and again.status == 200
         replies = [m for m in emu.messages("C0OPS") if m.thread_ts == event["ts"]]
-        assert len(replies) == 1 and "No all plan items" in replies[0].text
+        assert len(replies) == 1 and "No plan items yet" in replies[0].text
 
 
 async def test_app_home_is_published_when_opened(tmp_path: Path, emu: SlackEmulator) -> None:
