@@ -184,7 +184,7 @@ class Opsloop:
 
     async def start(self) -> None:
         """Recover what a previous run left, then start delivering, running and sweeping."""
-        await self.services.outbox.start()
+        await self.services.outbox.start(self.config.channel_names())
         await self.services.jobs.recover()
         await self.services.approvals.expire_due()
         self._tasks.append(asyncio.create_task(self._sweep(), name="approval-sweeper"))

@@ -398,6 +398,23 @@ class Config(_Model):
     environments: dict[str, EnvironmentConfig] = Field(default_factory=dict)
     integrations: Integrations = Integrations()
 
+    def channel_names(self) -> set[str]:
+        """Every channel the config names as `#name` (`channels.*` and any `channel` setting)."""
+        found: set[str] = set()
+
+        def walk(node: Any, key: str = "", parent: str = "") -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, str(k), key)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v, key, parent)
+            elif isinstance(node, str) and node.startswith("#") and (key == "channel" or parent == "channels"):
+                found.add(node)
+
+        walk(self.model_dump())
+        return found
+
     @model_validator(mode="after")
     def _trackers_are_configured(self) -> Config:
         wanted = [("plan.tracker", self.plan.tracker)]

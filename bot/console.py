@@ -232,6 +232,9 @@ class ConsoleTransport:
     ) -> tuple[str, str] | None:
         return None  # a new console session starts with an empty screen
 
+    async def channel_id(self, channel: str) -> str:
+        return channel  # the console shows channels by the names people gave them
+
     async def pin(self, channel: str, ts: str, *, pinned: bool) -> None:
         shown = self.screen.messages.get((channel, ts))
         what = shown.payload.get("text", "") if shown else ts

@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from bot.store import one, rows
 log = logging.getLogger(__name__)
 
 Payload = Mapping[str, Any]
+LEARN_IDS_S = 5.0  # at start, for the ids of the configured channels (one conversations.list)
 MARKER_EVENT = "opsloop_write"
 
 
@@ -110,6 +111,10 @@ class ChatTransport(Protocol):
 
     async def pin(self, channel: str, ts: str, *, pinned: bool) -> None:
         """Pin or unpin a message; pinning what is pinned (or the reverse) is no error."""
+        ...
+
+    async def channel_id(self, channel: str) -> str:
+        """The id of a channel named `#name`; anything else as it is."""
         ...
 
 
@@ -363,13 +368,33 @@ class Outbox:
 
     # --- worker ---------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Reconcile rows left `sending` by a crash, then start delivering."""
+    async def start(self, channels: Iterable[str] = ()) -> None:
+        """Learn the ids of the configured `channels`, reconcile rows left `sending` by a crash, then start
+        delivering."""
         known = await self._store.read(lambda db: rows(db, "SELECT name, id FROM channel_ids"))
         self._ids = {r["name"]: r["id"] for r in known}
+        await self._learn_ids([c for c in channels if c.startswith("#") and c not in self._ids])
         await self._recover()
         self._stopping = False
         self._runner = asyncio.create_task(self._run(), name="outbox")
+
+    async def _learn_ids(self, names: list[str]) -> None:
+        # With every channel queued by its id from the start, a card queued by name and a reply queued by
+        # id share one stream (one order, one pace). A name not found now is learned from its first post.
+        learned: dict[str, str] = {}
+        for name in names:
+            try:
+                learned[name] = await asyncio.wait_for(self.transport.channel_id(name), LEARN_IDS_S)
+            except (DeliveryError, TimeoutError) as err:
+                log.warning("outbox: the id of %s is not known yet (%s); its first post will tell", name, err)
+        learned = {n: i for n, i in learned.items() if i != n}
+        if learned:
+            self._ids.update(learned)
+            await self._store.write(
+                lambda db: db.conn.executemany(
+                    "INSERT OR REPLACE INTO channel_ids (name, id) VALUES (?, ?)", list(learned.items())
+                )
+            )
 
     async def stop(self) -> None:
         """Stop the worker; in-flight deliveries finish, the rest waits in the table for next time."""

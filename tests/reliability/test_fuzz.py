@@ -164,6 +164,9 @@ class CheckingTransport:
     async def pin(self, channel: str, ts: str, *, pinned: bool) -> None:
         self.delivered += 1
 
+    async def channel_id(self, channel: str) -> str:
+        return channel
+
 
 class CheckingSurface:
     """Modals are rendered and checked, then forgotten; no message can be read back."""

@@ -279,3 +279,35 @@ async def test_a_channel_named_by_config_becomes_its_id_for_edits_pins_and_resta
     assert [m.text for m in emu.messages("C0OPS")] == ["notice v2", "second", "card v2"]
     assert emu.pinned("C0OPS") == [] and not [c for c in emu.calls if c.error]
     await store.close()
+
+
+async def test_the_configured_channels_are_queued_by_id_from_the_start(tmp_path: Path, emu: SlackEmulator) -> None:
+    store = Store(tmp_path / "start.db")
+    await store.open()
+    ob = Outbox(
+        store, SlackTransport(web_client(emu.bot_token, emu.api_url)), Metrics(), SystemClock(), Redactor(), FAST
+    )
+    await ob.start(["#ops", "#nowhere", "C0FB"])  # a channel the bot cannot see is learned later, if ever
+    try:
+        await ob.post("#ops", msg("card"))
+        await ob.post("#nowhere", msg("lost"))
+        queued = await store.read(lambda db: [r["channel"] for r in rows(db, "SELECT channel FROM outbox ORDER BY id")])
+        assert queued == ["C0OPS", "#nowhere"]
+        assert await store.read(lambda db: rows(db, "SELECT name, id FROM channel_ids")) == [
+            {"name": "#ops", "id": "C0OPS"}
+        ]
+    finally:
+        await ob.stop()
+        await store.close()
+
+
+def test_the_config_names_its_channels() -> None:
+    from bot.config import Config
+
+    cfg = Config.model_validate(
+        {
+            "channels": {"default": "#ops", "approvals": "#approvals"},
+            "services": {"api": {"channel": "#team-api"}},
+        }
+    )
+    assert cfg.channel_names() == {"#ops", "#approvals", "#team-api"}
