@@ -208,10 +208,7 @@ class Outbox:
     def _redacted(self, payload: Payload) -> dict[str, Any]:
         # One scan of the whole payload first: the walk redacts string by string, which for a digest page
         # of forty sections was most of the cost of queueing it.
-        body = dict(payload)
-        if self._redact.may_mask(json.dumps(body, ensure_ascii=False)):
-            return dict(self._redact.value(body))
-        return body
+        return dict(self._redact.document(dict(payload)))
 
     def post_in(
         self,

@@ -32,6 +32,8 @@ _PATTERNS = [
 ]
 
 
+_SEEN_MAX, _SEEN_CHARS = 128, 32_768  # documents remembered by may_mask: at most 4 MiB
+
 # A word that each pattern above contains (except the URL one: `://` and `@`), case-folded.
 _WORDS = (
     *("xox", "xapp-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "akia", "eyj", "private key", "bearer"),
@@ -50,11 +52,15 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Longest first, so a secret that contains another is masked whole.
         self._values = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        # Documents seen lately and whether they may hold a secret: most replies are the same few texts
+        # (help, usage, "nothing here"), and scanning them again cost more than building them.
+        self._seen: dict[str, bool] = {}
 
     def add(self, secret: str) -> None:
         """Remember one more secret value."""
         if secret and len(secret) >= 6 and secret not in self._values:
             self._values = sorted([*self._values, secret], key=len, reverse=True)
+            self._seen = {}
 
     def text(self, s: str) -> str:
         """The text with every secret masked."""
@@ -83,6 +89,20 @@ class Redactor:
                 return True  # control characters other than \t \n \r: walk the strings
             for escaped, char in (("\\n", "\n"), ("\\t", "\t"), ("\\r", "\r"), ('\\"', '"'), ("\\\\", "\\")):
                 document = document.replace(escaped, char)
+        return self._may_mask_text(document)
+
+    def may_mask_text(self, text: str) -> bool:
+        """False only when `text()` would change nothing in `text`. Texts up to 32 KiB are remembered."""
+        if len(text) > _SEEN_CHARS:  # rarely the same twice: not worth keeping
+            return self._may_mask_text(text)
+        known = self._seen.get(text)
+        if known is None:
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            known = self._seen[text] = self._may_mask_text(text)
+        return known
+
+    def _may_mask_text(self, document: str) -> bool:
         if any(v in document for v in self._values):
             return True
         # _MAYBE tries ten alternatives at every character (about 3 ms for a 32 KiB body); every pattern
@@ -91,7 +111,29 @@ class Redactor:
         folded = document.casefold()
         if not any(w in folded for w in _WORDS) and not ("://" in folded and "@" in folded):
             return False
-        return bool(_MAYBE.search(document))
+        if len(folded) != len(document) or "private key" in folded:
+            return bool(_MAYBE.search(document))  # positions differ after folding, or a match starts early
+        # Every pattern starts at its word (`client_secret` up to 7 characters before `secret`; a URL's
+        # credentials at `://`): try the patterns only there. Words such as "pass" are common in ordinary
+        # text (help, test reports), and one search of the whole document cost more than the rest of a reply.
+        for word in (*_WORDS, "://"):
+            at = folded.find(word)
+            while at != -1:
+                if any(_MAYBE.match(document, p) for p in range(max(0, at - 7), at + 1)):
+                    return True
+                at = folded.find(word, at + 1)
+        return False
+
+    def document(self, v: Any) -> Any:
+        """`value(v)`, for a whole payload (a message, a form's errors): its strings are scanned once, as
+        one text, and walked one by one only when they may hold a secret, which most never do."""
+        strings: list[str] = []
+        _strings(v, strings)
+        # Joined by newlines: a match inside one string is a match in the joined text (no pattern needs
+        # the start of its string), and one that spans two only sends the payload to the walk.
+        if self.may_mask_text("\n".join(strings)):
+            return self.value(v)
+        return v
 
     def value(self, v: Any) -> Any:
         """Redact every string inside a JSON-like value."""
@@ -102,6 +144,19 @@ class Redactor:
         if isinstance(v, list | tuple):
             return [self.value(x) for x in v]
         return v
+
+
+def _strings(v: Any, out: list[str]) -> None:
+    if isinstance(v, str):
+        out.append(v)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            if isinstance(k, str):
+                out.append(k)
+            _strings(x, out)
+    elif isinstance(v, list | tuple):
+        for x in v:
+            _strings(x, out)
 
 
 class RedactingFilter(logging.Filter):

@@ -436,7 +436,7 @@ class SlackFrontend:
 
             async def ack_reply(reply: v.Reply) -> None:
                 # The ack is the one answer that does not go through the outbox (which redacts).
-                await ack(**self.services.redactor.value(rendering.reply(reply)))
+                await ack(**self.services.redactor.document(rendering.reply(reply)))
 
             async def deliver(reply: v.Reply) -> None:
                 if url:
@@ -512,7 +512,7 @@ class SlackFrontend:
 
             async def ack_result(result: v.Reply | SubmitErrors | None) -> None:
                 if isinstance(result, SubmitErrors):
-                    await ack(response_action="errors", errors=self.services.redactor.value(result.errors))
+                    await ack(response_action="errors", errors=self.services.redactor.document(result.errors))
                     return
                 await ack()
                 await deliver(result)

@@ -26,6 +26,10 @@ PIECES = [
     "paſſword: hunter2hunter2",  # IGNORECASE matches the long s for s
     "api_\u212aey=abcdefgh",  # and the Kelvin sign for k
     "see https://example.com/a@b and ghost",
+    "12 passed, 1 failed; passes the token check",  # the words, no secret: only a look at each word
+    "clientsecret: abcdefgh",  # a match that starts before its word
+    "DB_PASSWORD=hunter2 passwd=hunter2",
+    "straße token=abcdefgh",  # folding changes the length: the whole document is searched
     "",
 ]
 
@@ -60,3 +64,16 @@ def test_each_secret_shape_is_seen_through_json_escapes() -> None:
         if r.value(doc) != doc:
             assert r.may_mask(json.dumps(doc, ensure_ascii=False)), piece
     assert not r.may_mask(json.dumps({"labels": {"alertname": "DiskFull", "instance": "node-1:9100"}}))
+
+
+def test_a_payload_is_masked_exactly_as_the_walk_would_mask_it() -> None:
+    # `document` (acks, form errors, outbox payloads) scans the strings once as one text and walks them
+    # only when that text may hold a secret; what it returns is always what the walk returns.
+    r = Redactor([SECRET])
+    rng = random.Random(11)
+    walked = 0
+    for _ in range(3000):
+        doc = random_doc(rng)
+        assert r.document(doc) == r.value(doc), doc
+        walked += r.document(doc) is not doc
+    assert 300 < walked < 2700
