@@ -15,17 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from selenium import webdriver
 from selenium.common.exceptions import (
     InvalidSelectorException,
     StaleElementReferenceException,
     TimeoutException,
     WebDriverException,
 )
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from bot.blocking import BlockingPool
 from bot.ports import AdapterUnavailable, PageCheck, PageResult
@@ -150,6 +146,11 @@ class ChromiumBrowser:
                 raise AdapterUnavailable(TOOL, f"{what} at {path} is not executable; {INSTALL_HINT}")
 
     def _start(self, profile: str) -> Any:
+        # Selenium's driver modules are imported with the first check, not with opsloop (150 ms, some MiB).
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+
         opts = Options()
         opts.binary_location = self._chromium
         for flag in CHROMIUM_FLAGS:
@@ -256,6 +257,8 @@ class ChromiumBrowser:
         """Poll `cond` until the deadline: True when met, False on timeout, None for a bad selector."""
         # WebDriverWait calls `cond` at least once, even with no time left after a slow load: the
         # content may be there already.
+        from selenium.webdriver.support.ui import WebDriverWait
+
         remaining = max(deadline - time.monotonic(), 0.0)
         # NoSuchElementException (no `body` yet) is ignored by default; a stale element means the page
         # re-rendered under us, so poll again as well.

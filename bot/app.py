@@ -19,15 +19,10 @@ from aiohttp import web
 from rich.console import Console
 
 from adapters.alertmanager import AlertmanagerAPI, AlertmanagerWebhook
-from adapters.asana import AsanaTracker
 from adapters.charts import MatplotlibCharts
 from adapters.command import CommandTarget
-from adapters.git import GitRepository
 from adapters.grafana import GrafanaAPI, GrafanaWebhook
-from adapters.jenkins import JenkinsCI
-from adapters.jira import JiraTracker
 from adapters.junit import JUnitReader
-from adapters.kubernetes import KubernetesTarget
 from adapters.nagios import NagiosCommands, NagiosWebhook
 from adapters.prometheus import PrometheusMetrics
 from adapters.registry import DockerRegistry
@@ -285,7 +280,11 @@ def build_tools(
         charts=MatplotlibCharts(pool),
         alert_sources={s.name: s for s in (AlertmanagerWebhook(), GrafanaWebhook(), NagiosWebhook(), SplunkWebhook())},
     )
+    # The client libraries of the tools are imported only when a tool is configured: together they cost
+    # a second of start-up and some 40 MiB that an opsloop without them never uses.
     if i.jenkins is not None:
+        from adapters.jenkins import JenkinsCI
+
         token = secret(i.jenkins.token_env, "integrations.jenkins.token_env")
         tools.ci["jenkins"] = JenkinsCI(
             i.jenkins.url, i.jenkins.user, token, pool=pool, timeout=i.jenkins.timeout.total_seconds()
@@ -327,6 +326,8 @@ def build_tools(
             password=secret(i.registry.password_env, "integrations.registry.password_env"),
         )
     if i.kubernetes is not None:
+        from adapters.kubernetes import KubernetesTarget
+
         k = i.kubernetes
         tools.targets["kubernetes"] = KubernetesTarget(
             pool=pool,
@@ -352,6 +353,8 @@ def build_tools(
             continue
         where = svc.repo.url or str((base / (svc.repo.path or ".")).resolve())
         if where not in clones:
+            from adapters.git import GitRepository
+
             clones[where] = GitRepository(
                 pool=pool,
                 url=svc.repo.url,
@@ -361,6 +364,8 @@ def build_tools(
             )
         tools.repos[name] = clones[where]
     if i.jira is not None:
+        from adapters.jira import JiraTracker
+
         j = i.jira
         tools.trackers["jira"] = JiraTracker(
             j.url,
@@ -389,6 +394,8 @@ def build_tools(
             token_env=t.token_env,
         )
     if i.asana is not None:
+        from adapters.asana import AsanaTracker
+
         a = i.asana
         tools.trackers["asana"] = AsanaTracker(
             token=secret(a.token_env, "integrations.asana.token_env") or "",
