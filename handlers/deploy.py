@@ -784,6 +784,9 @@ async def _record_feedback(ctx: Ctx, release_id: int, rating: str | None, note: 
             (ctx.redactor.text(text)[:4000], ctx.actor, r.channel, now, r.id, rating),
         )
     )
+    # The answer appears with the release: a line in its thread, beside the rollout and the bake.
+    icon = {"good": "🟢", "meh": "🟡", "bad": "🔴"}.get(rating or "", "📝")
+    await thread(ctx.services, r, f"{icon} <@{ctx.actor}>: {v.esc(ctx.redactor.text(text)[:2000])}")
 
 
 @group.action("deploy.rate", value=Rating, policy="feedback.send")

@@ -237,6 +237,8 @@ async def test_kubernetes_rollout_progress_on_the_card_then_an_image_pull_failur
         await click(h, C, prompt.ts, "👍 Smooth", BOB, jobs=False)
         feedback = await h.services.store.read(lambda db: rows(db, "SELECT release_id, rating, author FROM feedback"))
         assert feedback == [{"release_id": 1, "rating": "good", "author": BOB}]
+        # ...and the answer appears with the release, in its thread.
+        await wait_until(lambda: "🟢 <@U0BOB>: Smooth release" in thread_text(h, card), 20, "the answer in the thread")
 
         # The next version's pods can't pull their image: the card says so, the rollout fails.
         k8s.auto_tick(0.02)
