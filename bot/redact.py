@@ -113,13 +113,14 @@ class Redactor:
             return False
         if len(folded) != len(document) or "private key" in folded:
             return bool(_MAYBE.search(document))  # positions differ after folding, or a match starts early
-        # Every pattern starts at its word (`client_secret` up to 7 characters before `secret`; a URL's
+        # Every pattern starts at its word (but `client_secret`, up to 7 characters before `secret`; a URL's
         # credentials at `://`): try the patterns only there. Words such as "pass" are common in ordinary
         # text (help, test reports), and one search of the whole document cost more than the rest of a reply.
         for word in (*_WORDS, "://"):
+            back = 7 if word == "secret" else 0
             at = folded.find(word)
             while at != -1:
-                if any(_MAYBE.match(document, p) for p in range(max(0, at - 7), at + 1)):
+                if any(_MAYBE.match(document, p) for p in range(max(0, at - back), at + 1)):
                     return True
                 at = folded.find(word, at + 1)
         return False
