@@ -63,7 +63,7 @@ from bench.procs import (
     wait_announced,
     wait_http,
 )
-from bench.servers import BOT_TOKEN, HOOK_PATH, SIGNING_SECRET
+from bench.servers import BOT_TOKEN, HOOK_PATH, SIGNING_SECRET, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTOR = "U0ALICE"  # an admin and developer in tests/support.py's config_data()
@@ -233,18 +233,9 @@ async def serve_tools(channels: int) -> None:
     app.router.add_get("/info", info)
     app.router.add_get("/stats", stats)
     app.router.add_get("/reach", reach)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    print(f"ready {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await serve(app)
     finally:
-        await runner.cleanup()
         await emu.stop()
 
 

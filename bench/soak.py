@@ -51,7 +51,7 @@ import yaml
 
 from bench import machine, report
 from bench.procs import BenchError, Server, clean_env, free_port, request_json, spawn, wait_announced, wait_http
-from bench.servers import BOT_TOKEN, SIGNING_SECRET
+from bench.servers import BOT_TOKEN, SIGNING_SECRET, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -277,20 +277,11 @@ async def serve_tools(kubeconfig: Path) -> None:
     app.router.add_get("/info", info)
     app.router.add_post("/start", start)
     app.router.add_get("/result", result)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    print(f"ready {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await serve(app)
     finally:
         for t in driver:
             t.cancel()
-        await runner.cleanup()
         await k8s.stop()
         await jenkins.stop()
         await slack.stop()

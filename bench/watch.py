@@ -55,7 +55,7 @@ from bench.procs import (
     wait_http,
     wait_output,
 )
-from bench.servers import BOT_TOKEN, SIGNING_SECRET
+from bench.servers import BOT_TOKEN, SIGNING_SECRET, serve
 
 if TYPE_CHECKING:
     from bot.app import Opsloop
@@ -467,20 +467,11 @@ async def serve_tools(builds: int, channels: int, log_every: float) -> None:
     app.router.add_post("/{lane}/run", run)
     app.router.add_post("/{lane}/finish", finish)
     app.router.add_get("/{lane}/cards", cards)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
     writer = asyncio.create_task(write_logs())
-    print(f"ready {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await serve(app)
     finally:
         writer.cancel()
-        await runner.cleanup()
         for ln in lanes.values():
             await ln.jenkins.stop()
             await ln.slack.stop()
