@@ -708,8 +708,19 @@ class TimedSocketModeHandler(AsyncSocketModeHandler):
         self.metrics.acked(kind, (guard.fired_at or time.perf_counter()) - started)
 
 
+class _NoTokenSkippedWarning(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment even when given a client, then warns at every
+    start that it will not use it: we give it the client on purpose (our URL, timeout and retries)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
 def bolt_app(client: AsyncWebClient, signing_secret: str | None) -> AsyncApp:
     """A Bolt AsyncApp with request verification on (it needs the signing secret in HTTP mode)."""
+    bolt_log = logging.getLogger("slack_bolt.AsyncApp")
+    if not any(isinstance(f, _NoTokenSkippedWarning) for f in bolt_log.filters):
+        bolt_log.addFilter(_NoTokenSkippedWarning())
     return AsyncApp(
         client=client,
         signing_secret=signing_secret or "socket-mode-has-no-signing-secret",
