@@ -260,33 +260,30 @@ class Outbox:
             in_flight = one(db, "SELECT id FROM outbox WHERE ref_key = ? AND state = 'sending'", (key,))
             if in_flight is None:
                 return True  # Slack already shows exactly this: an edit would change nothing
-        if ref is None:
-            in_flight = one(
-                db, "SELECT channel FROM outbox WHERE ref_key = ? AND op = 'post' AND state = 'sending'", (key,)
-            )
-            if in_flight is None:
-                return False
-            channel = in_flight["channel"]
-        else:
-            channel = ref["channel"]
+        channel = ref["channel"] if ref is not None else self._posting_channel(db, key)
+        if channel is None:
+            return False
         self._insert(db, self._row(Op.UPDATE, channel, payload, ref_key=key))
         return True
+
+    @staticmethod
+    def _posting_channel(db: Database, key: str) -> str | None:
+        """The channel of the post of `key` still queued or in flight (its row comes before any edit)."""
+        post = one(
+            db,
+            "SELECT channel FROM outbox WHERE ref_key = ? AND op = 'post' AND state IN ('pending', 'sending')",
+            (key,),
+        )
+        return str(post["channel"]) if post else None
 
     def pin_in(self, db: Database, key: str, *, pinned: bool = True) -> bool:
         """Queue a pin (or unpin) of the message of `key` inside a running write, after its post; False if
         there is no such message."""
         ref = one(db, "SELECT channel FROM message_refs WHERE key = ?", (key,))
-        if ref is None:
-            post = one(
-                db,
-                "SELECT channel FROM outbox WHERE ref_key = ? AND op = 'post' AND state IN ('pending', 'sending')",
-                (key,),
-            )
-            if post is None:
-                return False
-            ref = post
-        op = Op.PIN if pinned else Op.UNPIN
-        self._insert(db, self._row(op, ref["channel"], {}, ref_key=key))
+        channel = ref["channel"] if ref is not None else self._posting_channel(db, key)
+        if channel is None:
+            return False
+        self._insert(db, self._row(Op.PIN if pinned else Op.UNPIN, channel, {}, ref_key=key))
         return True
 
     def ephemeral_in(
@@ -413,7 +410,7 @@ class Outbox:
             if self._producers:
                 await asyncio.wait(set(self._producers), timeout=max(0.0, deadline - time.monotonic()))
                 continue
-            if await self.depth() == 0 and not self._tasks and not self._producers:
+            if await self.depth() == 0 and not self._tasks:
                 return True
             self._idle.clear()
             try:

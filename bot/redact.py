@@ -32,7 +32,7 @@ _PATTERNS = [
 ]
 
 
-_SEEN_MAX, _SEEN_CHARS = 128, 32_768  # documents remembered by may_mask: at most 4 MiB
+_SEEN_MAX, _SEEN_CHARS = 128, 32_768  # texts remembered by may_mask_text: at most 4 MiB
 
 # A word that each pattern above contains (except the URL one: `://` and `@`), case-folded.
 _WORDS = (
@@ -78,18 +78,6 @@ class Redactor:
             else:
                 s = p.sub(lambda m: m.group(1) + MASK, s)
         return s
-
-    def may_mask(self, document: str) -> bool:
-        """False only when `text()` would change no string of the JSON `document` (compact, as
-        `json.dumps(..., ensure_ascii=False)` writes it): one scan of a webhook body instead of one per
-        string. Its escapes of quotes, backslashes and whitespace are undone first, so a pattern that
-        spans them still matches; an escape that could hide anything else answers True."""
-        if "\\" in document:
-            if any(e in document for e in ("\\u", "\\b", "\\f")):
-                return True  # control characters other than \t \n \r: walk the strings
-            for escaped, char in (("\\n", "\n"), ("\\t", "\t"), ("\\r", "\r"), ('\\"', '"'), ("\\\\", "\\")):
-                document = document.replace(escaped, char)
-        return self._may_mask_text(document)
 
     def may_mask_text(self, text: str) -> bool:
         """False only when `text()` would change nothing in `text`. Texts up to 32 KiB are remembered."""

@@ -8,6 +8,7 @@ an error id while the traceback goes to the log.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from bot import commands as c
 from bot import views as v
@@ -496,11 +497,8 @@ class Router:
                 raise UserError("This button belongs to something opsloop no longer has; run the command again.")
             value: Any = click.value
             if spec.value is not None:
-                try:
-                    value = spec.value.model_validate_json(click.value or "{}")
-                except ValidationError:
-                    value = None
-                if value is None or not fits_int64(value):
+                value = _parsed(spec.value, click.value)
+                if value is None:
                     raise UserError("This button's data is not valid any more; run the command again.")
             await self.authorize(click.actor, spec.policy)
             ctx = self._ctx(
@@ -530,11 +528,8 @@ class Router:
                 raise UserError("This form belongs to something opsloop no longer has.")
             meta: Any = sub.metadata
             if spec.metadata is not None:
-                try:
-                    meta = spec.metadata.model_validate_json(sub.metadata or "{}")
-                except ValidationError:
-                    meta = None
-                if meta is None or not fits_int64(meta):
+                meta = _parsed(spec.metadata, sub.metadata)
+                if meta is None:
                     raise UserError("This form's data is not valid any more; open it again.")
             await self.authorize(sub.actor, spec.policy)
             ctx = self._ctx(surface, sub.actor, channel, source="submit")
@@ -601,29 +596,29 @@ class Router:
         return v.HomeView(tuple(blocks))
 
 
-_INT64 = (-(2**63), 2**63 - 1)
+class BeyondInt64(ValueError):
+    """A JSON integer SQLite cannot hold."""
 
 
-def fits_int64(value: Any) -> bool:
-    """Whether every integer in a parsed button value, form metadata or webhook body fits in 64 bits.
-    opsloop never sends a bigger one (ids and counts are SQLite integers), and SQLite refuses to bind one.
-    A loop, not recursion: a webhook body may be nested as deep as JSON allows."""
-    todo = [value]
-    while todo:
-        x = todo.pop()
-        if isinstance(x, bool):
-            continue
-        if isinstance(x, int):
-            if not _INT64[0] <= x <= _INT64[1]:
-                return False
-        elif isinstance(x, BaseModel):
-            todo.extend(getattr(x, name) for name in type(x).model_fields)
-        elif isinstance(x, Mapping):
-            todo.extend(x.keys())
-            todo.extend(x.values())
-        elif isinstance(x, list | tuple | set | frozenset):
-            todo.extend(x)
-    return True
+def _int64(text: str) -> int:
+    n = int(text)
+    if not -(2**63) <= n < 2**63:
+        raise BeyondInt64("an integer beyond 64 bits")
+    return n
+
+
+def load_json(text: str | bytes) -> Any:
+    """JSON from outside (a webhook body, a button's value, a form's metadata), refusing integers beyond
+    64 bits as the parser meets them: opsloop never sends one, and SQLite cannot bind one."""
+    return json.loads(text, parse_int=_int64)
+
+
+def _parsed(model: type[BaseModel], text: str) -> Any:
+    """`text` (a button's value, a form's metadata) as `model`, or None when it is not one."""
+    try:
+        return model.model_validate(load_json(text or "{}"))
+    except (ValueError, RecursionError):  # bad JSON, the wrong shape (ValidationError), too big or too deep
+        return None
 
 
 def error_reply(err: UserError) -> v.Reply:

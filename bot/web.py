@@ -20,7 +20,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
 from bot.context import Services
-from bot.router import Router
+from bot.router import BeyondInt64, Router, load_json
 from bot.slack import AckGuard, request_kind
 
 log = logging.getLogger(__name__)
@@ -45,38 +45,27 @@ class HookRejected(Exception):
         self.status = status
 
 
-class _BeyondInt64(Exception):
-    pass
-
-
-def _int64(text: str) -> int:
-    n = int(text)
-    if not -(2**63) <= n < 2**63:
-        raise _BeyondInt64
-    return n
-
-
-def _parse_hook_body(raw: bytes) -> tuple[Any, str | None, str]:
-    """A webhook body as JSON opsloop can store, or why not (the answer of a 400); and the body as
-    `json.dumps` writes it (for `Redactor.may_mask`)."""
+def _parse_hook_body(raw: bytes) -> tuple[Any, str | None]:
+    """A webhook body as JSON opsloop can store, or why not (the answer of a 400)."""
     try:
         # Integers are checked as the parser meets them: a walk of the parsed body cost more than the
         # parse (about 40 µs per Alertmanager alert).
-        payload = json.loads(raw, parse_int=_int64)
-        # Refused here, not half-way in: a `\ud800` escape parses to a lone surrogate, which no UTF-8
-        # text (nor SQLite) can hold, and Python's parser and encoder recurse per level of nesting.
-        document = json.dumps(payload, ensure_ascii=False)
-        document.encode()
+        payload = load_json(raw)
+        if b"\\ud" in raw or b"\\uD" in raw:
+            # Refused here, not half-way in: a lone `\ud800` escape parses to a surrogate, which no UTF-8
+            # text (nor SQLite) can hold (a pair, as emoji are escaped, is fine). Python's encoder
+            # recurses per level of nesting, as its parser does.
+            json.dumps(payload, ensure_ascii=False).encode()
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return None, f"body is not JSON: {err}", ""
-    except _BeyondInt64:
+        return None, f"body is not JSON: {err}"
+    except BeyondInt64:
         # No monitor sends such a number, and SQLite cannot store one.
-        return None, "body holds an integer beyond 64 bits", ""
+        return None, "body holds an integer beyond 64 bits"
     except UnicodeEncodeError:
-        return None, "body holds text that is not valid Unicode (a lone surrogate escape)", ""
+        return None, "body holds text that is not valid Unicode (a lone surrogate escape)"
     except RecursionError:
-        return None, "body is not JSON opsloop accepts: it is nested too deeply", ""
-    return payload, None, document
+        return None, "body is not JSON opsloop accepts: it is nested too deeply"
+    return payload, None
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -167,15 +156,14 @@ def build_web_app(
         except web.HTTPRequestEntityTooLarge:
             metrics.hooks.labels(source=source, status="413").inc()
             return _text(413, f"body is over the {MAX_BODY} byte limit")
-        payload, refused, document = _parse_hook_body(raw)
+        payload, refused = _parse_hook_body(raw)
         if refused:
             metrics.hooks.labels(source=source, status="400").inc()
             return _text(400, refused)
         # Monitors and CI copy whatever they were given into annotations and logs: mask secrets before
         # any of it is stored, shown or logged.
         try:
-            if services.redactor.may_mask(document):  # one scan of the body; the walk only if it may matter
-                payload = services.redactor.value(payload)
+            payload = services.redactor.document(payload)  # one scan of its strings; the walk only if needed
             result = await spec.handler(services, payload)
         except RecursionError:
             # The parser took it, but the redactor and pydantic walk it in Python frames, two or more per

@@ -79,6 +79,9 @@ async def test_a_good_hook_is_stored(server) -> None:
         (AUTH, b'{"name": "reject", "count": 1}', 422, "names like that are refused"),
         (AUTH, b'{"name": "explode", "count": 5}', 500, "nothing was stored"),
         (AUTH, b"x" * (1024 * 1024 + 1), 413, "limit"),
+        (AUTH, b'{"name": "n", "count": 9223372036854775808}', 400, "beyond 64 bits"),
+        (AUTH, b'{"name": "\\ud800", "count": 1}', 400, "lone surrogate"),
+        (AUTH, b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),
     ],
 )
 async def test_bad_requests_get_a_reason_and_store_nothing(
