@@ -114,13 +114,13 @@ class Redactor:
         return False
 
     def document(self, v: Any) -> Any:
-        """`value(v)`, for a whole payload (a message, a form's errors): its strings are scanned once, as
-        one text, and walked one by one only when they may hold a secret, which most never do."""
-        strings: list[str] = []
-        _strings(v, strings)
+        """`value(v)`, for a whole payload (a message, a form's errors): its distinct strings are scanned once,
+        as one text, and walked one by one only when they may hold a secret, which most never do."""
+        # Distinct strings only: an Alertmanager delivery repeats its label names, times, URLs and
+        # descriptions in every alert, and scanning each once cut the text of a 50-alert body from 27 to 5 kB.
         # Joined by newlines: a match inside one string is a match in the joined text (no pattern needs
         # the start of its string), and one that spans two only sends the payload to the walk.
-        if self.may_mask_text("\n".join(strings)):
+        if self.may_mask_text("\n".join(dict.fromkeys(_strings(v)))):
             return self.value(v)
         return v
 
@@ -135,17 +135,34 @@ class Redactor:
         return v
 
 
-def _strings(v: Any, out: list[str]) -> None:
-    if isinstance(v, str):
-        out.append(v)
-    elif isinstance(v, dict):
-        for k, x in v.items():
-            if isinstance(k, str):
-                out.append(k)
-            _strings(x, out)
-    elif isinstance(v, list | tuple):
-        for x in v:
-            _strings(x, out)
+def _strings(v: Any) -> list[str]:
+    """Every string in a JSON-like value, dict keys included, in no particular order."""
+    # A loop over a stack rather than recursion: one Python call per string and container cost more than
+    # the scan of the strings. JSON's own types first, then their subclasses (a StrEnum, an OrderedDict).
+    out: list[str] = []
+    add = out.append
+    stack = [v]
+    pop, push = stack.pop, stack.append
+    while stack:
+        x = pop()
+        t = type(x)
+        if t is dict:
+            for k, y in x.items():
+                if isinstance(k, str):
+                    add(k)
+                if type(y) is str:
+                    add(y)
+                elif y is not None and type(y) is not int and type(y) is not float and type(y) is not bool:
+                    push(y)
+        elif t is list or t is tuple:
+            stack.extend(x)
+        elif isinstance(x, str):
+            add(x)
+        elif isinstance(x, dict):
+            push(dict(x))
+        elif isinstance(x, list | tuple):
+            stack.extend(x)
+    return out
 
 
 class RedactingFilter(logging.Filter):

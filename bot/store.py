@@ -131,6 +131,10 @@ def _connect(path: str, *, readonly: bool = False, busy_timeout: float = 5.0) ->
         # NORMAL in WAL mode: a commit survives a crash of the process (not of the machine), which is
         # the failure we promise to survive, at a fraction of FULL's fsync cost.
         conn.execute("PRAGMA synchronous = NORMAL")
+        # Every write runs in a savepoint of its batch; past 64 KiB its journal spilled to a temporary
+        # file, which doubled the CPU of a write touching many pages (a delivery's 50 alert rows resolved:
+        # 14 -> 7 µs per row). It holds at most the pages one batch changes.
+        conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
