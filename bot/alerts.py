@@ -406,8 +406,13 @@ def telling_labels(alerts: Sequence[StoredAlert], group_labels: dict[str, str]) 
     """The label names that tell a group's alerts apart (those whose values differ); for a single alert,
     its labels other than the group's own and its name and severity."""
     if len(alerts) > 1:
-        keys = set().union(*(a.labels for a in alerts))
-        return sorted(k for k in keys if len({a.labels.get(k) for a in alerts}) > 1)
+        # A label tells them apart when some alert's (name, value) differs from the first alert's: a set
+        # operation per alert instead of a set of values per label name.
+        first = alerts[0].labels.items()
+        keys: set[str] = set()
+        for a in alerts[1:]:
+            keys.update(k for k, _ in a.labels.items() ^ first)
+        return sorted(keys)
     skip = {*group_labels, "alertname", "severity"}
     return sorted(k for a in alerts for k in a.labels if k not in skip)
 
@@ -415,7 +420,7 @@ def telling_labels(alerts: Sequence[StoredAlert], group_labels: dict[str, str]) 
 def alert_line(a: StoredAlert, keys: Sequence[str]) -> str:
     """One alert on a digest page: state, the labels that identify it, its summary."""
     mark = "🔥" if a.status == AlertStatus.FIRING.value else "✅"
-    labels = " ".join(f"{k}={a.labels[k]}" for k in keys if k in a.labels)[:100]
+    labels = " ".join([f"{k}={a.labels[k]}" for k in keys if k in a.labels])[:100]
     ident = f"`{v.esc(labels)}` " if labels else ""
     return f"{mark} {ident}{v.esc(a.summary[:120]) or v.esc(a.name)}"
 
@@ -971,29 +976,18 @@ class AlertPipeline:
         ids = list(page.groups)
         groups = [_group(r) for r in rows(db, f"SELECT * FROM alert_groups WHERE id IN ({marks}) ORDER BY id", ids)]
         by_group: dict[int, list[StoredAlert]] = {gid: [] for gid in ids}
-        # Only what a page shows: labels are the one JSON column decoded; the runbook comes from SQLite.
-        for r in db.execute(
+        # Only what a page shows: labels are the one JSON column decoded (all of the page's in one parse,
+        # a page holds up to 500 alerts); the runbook comes from SQLite.
+        found = db.execute(
             "SELECT id, group_id, source, fingerprint, status, name, severity, labels, summary, generator_url,"
             f" json_extract(annotations, '$.runbook_url') FROM alerts WHERE group_id IN ({marks}) ORDER BY id",
             ids,
-        ).fetchall():
+        ).fetchall()
+        labels = json.loads("[" + ",".join([r[7] for r in found]) + "]")
+        for r, lab in zip(found, labels, strict=True):
+            runbook = {"runbook_url": r[10]} if r[10] else {}
             by_group[r[1]].append(
-                StoredAlert(
-                    id=r[0],
-                    source=r[2],
-                    fingerprint=r[3],
-                    status=r[4],
-                    name=r[5],
-                    severity=r[6],
-                    labels=json.loads(r[7]),
-                    annotations={"runbook_url": r[10]} if r[10] else {},
-                    summary=r[8],
-                    value=None,
-                    links=[],
-                    generator_url=r[9],
-                    starts_at=None,
-                    ends_at=None,
-                )
+                StoredAlert(r[0], r[2], r[3], r[4], r[5], r[6], lab, runbook, r[8], None, [], r[9], None, None)
             )
         message, overflow = digest_page(
             page.number,
