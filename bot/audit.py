@@ -70,9 +70,13 @@ class Verification:
     problem: str = ""
 
 
+# One encoder each, made once: json.dumps with options builds a new encoder at every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_DETAIL = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def _digest(prev: str, fields: Mapping[str, Any]) -> str:
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{prev}\n{body}".encode()).hexdigest()
+    return hashlib.sha256(f"{prev}\n{_CANONICAL.encode(fields)}".encode()).hexdigest()
 
 
 def _fields(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,7 +87,9 @@ class AuditLog:
     """Writes and verifies the audit chain.
 
     Entries recorded in the same pass of the event loop share one write (one transaction, one read of
-    the chain head, one executemany); each caller still waits until its entry is committed.
+    the chain head, one executemany); each caller still waits until its entry is committed. While one
+    write is on its way, new entries wait for it and then go together (a group commit): under load
+    the writes grow instead of queueing one small transaction behind another.
     """
 
     def __init__(self, store: SqlStore, redactor: Redactor, clock: Clock) -> None:
@@ -91,6 +97,7 @@ class AuditLog:
         self._redact = redactor
         self._clock = clock
         self._pending: list[tuple[AuditEntry, float, asyncio.Future[None]]] = []
+        self._writing = False
 
     def append_in(self, db: Database, entry: AuditEntry) -> None:
         """Append inside a write that is already running, so the decision and its record commit together."""
@@ -111,7 +118,7 @@ class AuditLog:
                 "target": self._redact.text(entry.target) if entry.target else entry.target,
                 "outcome": str(entry.outcome),
                 "reason": self._redact.text(entry.reason) if entry.reason else entry.reason,
-                "detail": json.dumps(self._redact.value(dict(entry.detail)), sort_keys=True, default=str),
+                "detail": _DETAIL.encode(self._redact.value(dict(entry.detail))),
             }
             digest = _digest(prev_hash, row)
             out.append((*row.values(), prev_hash, digest))
@@ -131,17 +138,28 @@ class AuditLog:
         """Append one entry; returns once it is committed."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        if not self._pending:
+        if not self._pending and not self._writing:
             loop.call_soon(self._flush)
         self._pending.append((entry, self._clock.now(), fut))
         await fut
 
     def _flush(self) -> None:
+        if self._writing or not self._pending:
+            return
         batch, self._pending = self._pending, []
         entries = [(e, at) for e, at, _ in batch]
-        written = self._store.submit(lambda db: self._append_many(db, entries))
+        try:
+            written = self._store.submit(lambda db: self._append_many(db, entries))
+        except Exception as err:  # the store is closed: nobody may wait forever
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        self._writing = True
 
         def settle(done: asyncio.Future[None]) -> None:
+            self._writing = False
+            self._flush()  # what arrived meanwhile
             err = done.exception()
             for _, _, fut in batch:
                 if fut.done():  # that caller was cancelled; the entry is written all the same

@@ -253,16 +253,22 @@ class Grammar:
             if s.words in seen:
                 raise ValueError(f"commands {seen[s.words]} and {s.id} both answer to `{' '.join(s.words)}`")
             seen[s.words] = s.id
+        self._by_words = {s.words: s for s in self.specs}
         # Longest words first: `plan new` before `plan`.
-        self._by_length = sorted(self.specs, key=lambda s: len(s.words), reverse=True)
+        self._lengths = sorted({len(w) for w in self._by_words}, reverse=True)
 
     def match(self, tokens: list[Token]) -> tuple[CommandSpec, list[Token]] | None:
         """The command whose words start the text, and the remaining tokens."""
-        lead = [t.text.lower() for t in tokens if not t.quoted][: max((len(s.words) for s in self.specs), default=0)]
-        for s in self._by_length:
-            n = len(s.words)
-            if len(tokens) >= n and all(not tokens[i].quoted for i in range(n)) and tuple(lead[:n]) == s.words:
-                return s, tokens[n:]
+        lead: list[str] = []
+        for t in tokens[: self._lengths[0] if self._lengths else 0]:
+            if t.quoted:  # a quoted token is an argument, never a command word
+                break
+            lead.append(t.text.lower())
+        for n in self._lengths:
+            if n <= len(lead):
+                spec = self._by_words.get(tuple(lead[:n]))
+                if spec is not None:
+                    return spec, tokens[n:]
         return None
 
     def suggest(self, tokens: list[Token]) -> list[CommandSpec]:

@@ -33,6 +33,8 @@ class Policy:
     def __init__(self, config: Config, directory: Directory) -> None:
         self.config = config
         self.directory = directory
+        # Every command, click and submit asks; the rules are fixed for the life of the config.
+        self._rules: dict[str, tuple[str, list[str]] | None] = {}
 
     async def roles_of(self, user: str) -> frozenset[str]:
         """Every role the user holds, directly or through a user group."""
@@ -54,6 +56,14 @@ class Policy:
 
     def rule_for(self, key: str) -> tuple[str, list[str]] | None:
         """The most specific permission rule for a policy key."""
+        if key in self._rules:
+            return self._rules[key]
+        rule = self._match_rule(key)
+        if len(self._rules) < 4096:  # keys are command and action ids; bounded all the same
+            self._rules[key] = rule
+        return rule
+
+    def _match_rule(self, key: str) -> tuple[str, list[str]] | None:
         matches = [p for p in self.config.permissions if p == key or fnmatch.fnmatchcase(key, p)]
         if not matches:
             return None

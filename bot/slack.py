@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from slack_bolt.adapter.socket_mode.async_internals import send_async_response
 from slack_bolt.adapter.socket_mode.internals import build_headers
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.socket_mode.response import SocketModeResponse
@@ -35,10 +37,12 @@ from bot.context import Quoted, Services
 from bot.metrics import Metrics
 from bot.outbox import MARKER_EVENT, DeliveryError, Payload
 from bot.ports import AdapterError, AdapterNotFound, AdapterUnavailable, Person
+from bot.redact import Redactor
 from bot.router import ChatEvent, Click, Invocation, Router, ShortcutCall, Submission, SubmitErrors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 ACK_DEADLINE = 2.5
 SLASH_COMMAND = "/ops"
@@ -371,6 +375,38 @@ def submission_values(view: Mapping[str, Any]) -> dict[str, str | None]:
     return out
 
 
+class AckBodies:
+    """Slash-command acks as HTTP responses, encoded once per distinct reply.
+
+    Help, usage and refusals come back equal (view models are frozen, so equal replies hash alike), and
+    rendering, the secret scan and the JSON of a 6 KB help were most of what opsloop added to Bolt's own
+    cost of an ack. An encoded body depends only on the reply: rendering is pure and the redactor's
+    secrets are fixed when it is built."""
+
+    def __init__(self, redactor: Redactor, size: int = 64) -> None:
+        self._redactor = redactor
+        self._size = size
+        self._bodies: OrderedDict[v.Reply, str] = OrderedDict()
+
+    def response(self, reply: v.Reply) -> BoltResponse:
+        """The 200 that acks with `reply` (redacted: the ack is the one answer that skips the outbox); a
+        JSON body makes Bolt's response say application/json."""
+        try:
+            body = self._bodies.get(reply)
+        except TypeError:  # something unhashable inside: encode it every time
+            return BoltResponse(status=200, body=self._encode(reply))
+        if body is None:
+            body = self._bodies[reply] = self._encode(reply)
+            if len(self._bodies) > self._size:
+                self._bodies.popitem(last=False)
+        else:
+            self._bodies.move_to_end(reply)
+        return BoltResponse(status=200, body=body)
+
+    def _encode(self, reply: v.Reply) -> str:
+        return json.dumps(self._redactor.document(rendering.reply(reply)))
+
+
 class SlackFrontend:
     """Bolt listeners that turn Slack payloads into router calls."""
 
@@ -379,16 +415,18 @@ class SlackFrontend:
         self.services = services
         self.client = client
         self.surface = SlackSurface(client)
+        self.acks = AckBodies(services.redactor)
         self._late: set[asyncio.Task[Any]] = set()
 
     async def _answer(
         self,
         context: Mapping[str, Any],
         work: Awaitable[T],
-        ack_now: Callable[[T], Awaitable[None]],
+        ack_now: Callable[[T], Awaitable[R]],
         deliver_late: Callable[[T], Awaitable[None]],
-    ) -> None:
-        """Run the work inline; ack with its result, or deliver it later if the transport already acked.
+    ) -> R | None:
+        """Run the work inline; ack with its result (returning what `ack_now` returns, for Bolt), or
+        deliver it later if the transport already acked.
 
         The 3-second promise is kept by the AckGuard of the transport (the HTTP endpoint or the Socket
         Mode handler), which answers Slack itself when ACK_DEADLINE passes. Keeping that timer out of
@@ -401,8 +439,8 @@ class SlackFrontend:
         guard = context.get(AckGuard.KEY)
         if isinstance(guard, AckGuard) and guard.early:
             await deliver_late(result)
-        else:
-            await ack_now(result)
+            return None
+        return await ack_now(result)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -421,9 +459,7 @@ class SlackFrontend:
         """Attach every listener to the Bolt app."""
 
         @app.command(SLASH_COMMAND)
-        async def on_command(
-            ack: Callable[..., Awaitable[None]], body: dict[str, Any], context: dict[str, Any]
-        ) -> None:
+        async def on_command(body: dict[str, Any], context: dict[str, Any]) -> BoltResponse | None:
             inv = Invocation(
                 actor=str(body.get("user_id", "")),
                 channel=str(body.get("channel_id", "")),
@@ -434,9 +470,9 @@ class SlackFrontend:
             )
             url = inv.response_url
 
-            async def ack_reply(reply: v.Reply) -> None:
-                # The ack is the one answer that does not go through the outbox (which redacts).
-                await ack(**self.services.redactor.document(rendering.reply(reply)))
+            async def ack_reply(reply: v.Reply) -> BoltResponse:
+                # Bolt answers Slack with the response a listener returns (process_before_response).
+                return self.acks.response(reply)
 
             async def deliver(reply: v.Reply) -> None:
                 if url:
@@ -444,7 +480,7 @@ class SlackFrontend:
                     await self.services.store.write(lambda db: self.services.outbox.respond_in(db, url, payload))
                     self.services.outbox.kick()
 
-            await self._answer(context, self.router.command(inv, self.surface), ack_reply, deliver)
+            return await self._answer(context, self.router.command(inv, self.surface), ack_reply, deliver)
 
         @app.action(re.compile(r".+"))
         async def on_action(ack: Callable[..., Awaitable[None]], body: dict[str, Any], context: dict[str, Any]) -> None:

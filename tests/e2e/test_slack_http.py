@@ -43,6 +43,32 @@ async def test_help_is_answered_in_the_ack(tmp_path: Path, emu: SlackEmulator) -
         assert await audit_rows(h) == [{"actor": ALICE, "action": "core.help", "outcome": "ok", "reason": None}]
 
 
+async def test_acks_are_redacted_and_each_reply_keeps_its_own_body(tmp_path: Path, emu: SlackEmulator) -> None:
+    # Acks are encoded once per distinct reply: a repeat must still be masked, and must not be another's.
+    async with slack_ops(tmp_path, emu) as h:
+        first = await h.command("zzz hook-secret-123")
+        again = await h.command("zzz hook-secret-123")
+        other = await h.command("yyy hook-secret-123")
+        for res in (first, again, other):
+            assert res.status == 200 and "hook-secret-123" not in res.body_text and "zzz" in first.body_text
+            assert {k.lower(): x for k, x in res.headers.items()}["content-type"].startswith("application/json")
+        assert first.json == again.json and "I don't know `zzz" in first.body_text
+        assert "yyy" in other.body_text and "zzz" not in other.body_text
+        assert emu.invalid_acks == []
+
+
+def test_an_ack_of_a_reply_that_cannot_be_hashed_is_encoded_all_the_same() -> None:
+    from bot.redact import Redactor
+    from bot.slack import AckBodies
+
+    acks = AckBodies(Redactor(["s3cret-value"]), size=1)
+    odd = v.Reply(v.Message("x", [v.Section("keep s3cret-value out")]))  # type: ignore[arg-type]
+    for reply in (odd, v.Reply.text("one"), v.Reply.text("two"), v.Reply.text("one")):
+        body = json.loads(acks.response(reply).body)
+        assert body["response_type"] == "ephemeral" and "s3cret-value" not in json.dumps(body)
+    assert json.loads(acks.response(v.Reply.text("two")).body)["text"] == "two"
+
+
 async def test_plan_card_approval_and_update_in_place(tmp_path: Path, emu: SlackEmulator) -> None:
     async with slack_ops(tmp_path, emu) as h:
         res = await h.command('plan new "Rotate certs" <@U0DAVE|dave> critical')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,26 @@ async def test_secrets_are_redacted_before_they_are_written(log) -> None:
     text = f"{last.target} {last.reason} {last.detail}"
     assert "hunter2" not in text and "s3cr3t" not in text and "abc123" not in text
     assert (await audit.verify()).ok
+
+
+async def test_entries_that_arrive_while_a_write_is_on_its_way_are_committed_together_in_order(log) -> None:
+    audit, store = log
+
+    async def one(i: int) -> int:
+        for _ in range(i % 7):  # arrive over several passes of the loop, while earlier writes are in flight
+            await asyncio.sleep(0)
+        await audit.record(AuditEntry(f"U{i}", "core.help", Outcome.OK, "C1", None, None, {"n": i}))
+        # Returned: the entry is committed, so a reader sees it.
+        seen = await store.read(lambda db: rows(db, "SELECT COUNT(*) AS n FROM audit WHERE actor = ?", (f"U{i}",)))
+        return int(seen[0]["n"])
+
+    assert await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(6, 306))), 30) == [1] * 300
+    result = await audit.verify()
+    assert result.ok and result.checked == 306
+
+
+async def test_recording_into_a_closed_store_fails_instead_of_waiting_forever(log) -> None:
+    audit, store = log
+    await store.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await asyncio.wait_for(audit.record(AuditEntry("U1", "core.help", Outcome.OK)), 5)

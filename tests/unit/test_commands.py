@@ -105,6 +105,14 @@ def test_numbers_pairs_durations_and_rest() -> None:
         g.parse("x run 3 soon")
 
 
+def test_the_longest_command_words_win_and_a_quoted_word_is_never_one() -> None:
+    g = c.Grammar([spec("x", c.rest("what", optional=True)), spec("x run", c.rest("what", optional=True))])
+    assert (g.parse("X Run fast").command.id, g.parse("X Run fast").args) == ("x.run", {"what": "fast"})
+    assert (g.parse('x "run" fast').command.id, g.parse('x "run" fast').args) == ("x", {"what": '"run" fast'})
+    with pytest.raises(UsageError):
+        g.parse('"x" run')
+
+
 def test_duplicate_words_are_rejected() -> None:
     with pytest.raises(ValueError, match="both answer to `a b`"):
         c.Grammar([spec("a b"), spec("a b")])
