@@ -179,41 +179,50 @@ class AlertmanagerWebhook:
                 f'"{WEBHOOK_VERSION}" (Grafana\'s webhook says "1": send it to /hooks/grafana)'
             )
         data = _WebhookPayload.model_validate(payload)
-        alerts = tuple(self._alert(a, data) for a in data.alerts)
+        group_key, external = data.groupKey, data.externalURL
+        group_view = (
+            alerts_view_url(external, data.groupLabels) if external and data.groupLabels else None
+        )  # one link for every alert of the group
+        alerts = []
+        for a in data.alerts:
+            # Built here, not per alert in a helper: this loop runs for every alert of every delivery.
+            name = a.labels.get("alertname", "")
+            annotations = a.annotations
+            links: list[tuple[str, str]] = []
+            if a.generatorURL:
+                links.append(("source", a.generatorURL))
+            if runbook := annotations.get("runbook_url"):
+                links.append(("runbook", runbook))
+            if external:
+                # The card is per group: link to the group's alerts (by its labels), else to this alert's name.
+                view = group_view or alerts_view_url(external, {"alertname": name} if name else {})
+                links.append(("alertmanager", view))
+            alerts.append(
+                Alert(
+                    source=SOURCE,
+                    fingerprint=a.fingerprint or label_fingerprint(a.labels),
+                    status=_STATUS[a.status],
+                    name=name or "(no alertname)",
+                    severity=severity_of(a.labels.get("severity")),
+                    group_key=group_key,
+                    labels=tuple(sorted(a.labels.items())),
+                    annotations=tuple(sorted(annotations.items())),
+                    starts_at=_real_time(a.startsAt),
+                    ends_at=_real_time(a.endsAt),
+                    summary=_summary(annotations),
+                    links=tuple(links),
+                    generator_url=a.generatorURL or None,
+                )
+            )
         return AlertBatch(
             source=SOURCE,
-            alerts=alerts,
+            alerts=tuple(alerts),
             group_labels=tuple(sorted(data.groupLabels.items())),
             truncated=data.truncatedAlerts,
         )
 
-    @staticmethod
-    def _alert(a: _WebhookAlert, data: _WebhookPayload) -> Alert:
-        name = a.labels.get("alertname", "")
-        links: list[tuple[str, str]] = []
-        if a.generatorURL:
-            links.append(("source", a.generatorURL))
-        if runbook := a.annotations.get("runbook_url"):
-            links.append(("runbook", runbook))
-        if data.externalURL:
-            # The card is per group: link to the group's alerts (by its labels), else to this alert's name.
-            view = data.groupLabels or ({"alertname": name} if name else {})
-            links.append(("alertmanager", alerts_view_url(data.externalURL, view)))
-        return Alert(
-            source=SOURCE,
-            fingerprint=a.fingerprint or label_fingerprint(a.labels),
-            status=AlertStatus(a.status),
-            name=name or "(no alertname)",
-            severity=severity_of(a.labels.get("severity")),
-            group_key=data.groupKey,
-            labels=tuple(sorted(a.labels.items())),
-            annotations=tuple(sorted(a.annotations.items())),
-            starts_at=_real_time(a.startsAt),
-            ends_at=_real_time(a.endsAt),
-            summary=_summary(a.annotations),
-            links=tuple(links),
-            generator_url=a.generatorURL or None,
-        )
+
+_STATUS = {s.value: s for s in AlertStatus}
 
 
 def _real_time(t: datetime | None) -> datetime | None:
@@ -225,7 +234,10 @@ def _real_time(t: datetime | None) -> datetime | None:
 
 
 def _summary(annotations: Mapping[str, str]) -> str:
-    return next((annotations[k] for k in _SUMMARY_KEYS if annotations.get(k)), "")
+    for k in _SUMMARY_KEYS:
+        if text := annotations.get(k):
+            return text
+    return ""
 
 
 # --- API v2 ---------------------------------------------------------------------------------------------

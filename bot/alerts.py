@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RANK = {s.value: s.rank for s in Severity}
-_FIRING = AlertStatus.FIRING.value
+_FIRING = AlertStatus.FIRING.value  # a plain str: an enum member's .value is a property lookup, in loops per alert
 _ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 # A card lists its group's alerts up to this many characters (one section), so that in a storm every alert
 # is on its card at once, while the thread's detail messages queue behind Slack's 1 message/s per channel.
@@ -65,6 +65,9 @@ PAGE_CHARS = 10_000
 GROUP_CHARS = PAGE_CHARS // PAGE_GROUPS
 SECTION_CHARS = 2_900  # a section's text is at most 3000 characters
 DIGEST_REFRESH = 1.0  # seconds between two renders of the dirty pages
+# json.dumps's text, without its per-call keyword handling and circular-reference bookkeeping: three
+# per stored alert (labels, annotations, links), plain dicts and lists of strings.
+_json = json.JSONEncoder(check_circular=False).encode
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class Group:
 
     @property
     def firing(self) -> bool:
-        return self.status == AlertStatus.FIRING.value
+        return self.status == _FIRING
 
 
 def _group(r: dict[str, Any]) -> Group:
@@ -240,8 +243,8 @@ def card(
     g: Group, alerts: Sequence[StoredAlert], *, now: float, silence_hours: Sequence[int] = (1, 4, 24)
 ) -> v.Message:
     """The group's card: state, counts, the first few alerts, who acted, and the buttons."""
-    firing = [a for a in alerts if a.status == AlertStatus.FIRING.value]
-    resolved = [a for a in alerts if a.status != AlertStatus.FIRING.value]
+    firing = [a for a in alerts if a.status == _FIRING]
+    resolved = [a for a in alerts if a.status != _FIRING]
     head = f"{_ICON.get(g.severity, '🔥')} FIRING: {g.title}" if g.firing else f"✅ RESOLVED: {g.title}"
     fields: list[tuple[str, str]] = [
         ("Severity", g.severity),
@@ -255,8 +258,7 @@ def card(
     fields.append(("Since", since))
     blocks: list[v.Block] = [v.Header(head[:150]), v.Section(fields=tuple(fields))]
     listed = [
-        f"{'🔥' if a.status == AlertStatus.FIRING.value else '✅'} *{v.esc(a.name)}* {v.esc(a.summary[:200])}"
-        for a in firing + resolved
+        f"{'🔥' if a.status == _FIRING else '✅'} *{v.esc(a.name)}* {v.esc(a.summary[:200])}" for a in firing + resolved
     ]
     shown = _fit(listed, CARD_ALERT_CHARS)
     lines = listed[:shown]
@@ -419,8 +421,9 @@ def telling_labels(alerts: Sequence[StoredAlert], group_labels: dict[str, str]) 
 
 def alert_line(a: StoredAlert, keys: Sequence[str]) -> str:
     """One alert on a digest page: state, the labels that identify it, its summary."""
-    mark = "🔥" if a.status == AlertStatus.FIRING.value else "✅"
-    labels = " ".join([f"{k}={a.labels[k]}" for k in keys if k in a.labels])[:100]
+    mark = "🔥" if a.status == _FIRING else "✅"
+    have = a.labels
+    labels = " ".join([f"{k}={have[k]}" for k in keys if k in have])[:100]
     ident = f"`{v.esc(labels)}` " if labels else ""
     return f"{mark} {ident}{v.esc(a.summary[:120]) or v.esc(a.name)}"
 
@@ -440,7 +443,7 @@ def page_group(
 ) -> tuple[list[v.Block], list[str]]:
     """A group on a digest page (its section and its buttons, at most GROUP_CHARS of text), and the
     lines of the alerts that did not fit, for its overflow messages."""
-    n_firing = sum(1 for a in alerts if a.status == AlertStatus.FIRING.value)
+    n_firing = sum(1 for a in alerts if a.status == _FIRING)
     state = f"{_ICON.get(g.severity, '🔥')} FIRING" if g.firing else "✅ RESOLVED"
     head = (
         f"{state}: *{v.esc(g.title)}* · {g.severity} · {n_firing} firing, {len(alerts) - n_firing} resolved"
@@ -656,8 +659,9 @@ class AlertPipeline:
                     # A new incident on a resolved group: the old acknowledgement owned the old one (Nagios
                     # drops its acknowledgement at recovery too), so the card asks for an owner again.
                     db.execute("UPDATE alert_groups SET acked_by = NULL, acked_at = NULL WHERE id = ?", (gid,))
-            if g is not None and a.annotation("nagios_event") == "ACKNOWLEDGEMENT":
-                author = a.annotation("nagios_author") or "Nagios"
+            annotations = dict(a.annotations)
+            if g is not None and annotations.get("nagios_event") == "ACKNOWLEDGEMENT":
+                author = annotations.get("nagios_author") or "Nagios"
                 db.execute(
                     "UPDATE alert_groups SET acked_by = coalesce(acked_by, ?), acked_at = coalesce(acked_at, ?)"
                     " WHERE id = ?",
@@ -673,12 +677,12 @@ class AlertPipeline:
                     gid,
                     status,
                     a.name,
-                    a.severity.value,
-                    json.dumps(dict(a.labels)),
-                    json.dumps(dict(a.annotations)),
+                    a.severity,  # a StrEnum: stored as its text
+                    _json(dict(a.labels)),
+                    _json(annotations),
                     redact(a.summary)[:2000],
                     a.value,
-                    json.dumps([list(x) for x in a.links]) if a.links else "[]",
+                    _json(a.links) if a.links else "[]",  # pairs as arrays
                     a.generator_url,
                     _ts(a.starts_at),
                     _ts(a.ends_at),
@@ -692,7 +696,7 @@ class AlertPipeline:
                     (
                         gid,
                         status,
-                        a.severity.value,
+                        a.severity,
                         summary,
                         a.value,
                         _ts(a.ends_at),
@@ -883,7 +887,7 @@ class AlertPipeline:
             ).fetchall()
         ]
         firing = bool(severities)
-        status = AlertStatus.FIRING.value if firing else AlertStatus.RESOLVED.value
+        status = _FIRING if firing else AlertStatus.RESOLVED.value
         severity = min(severities, key=lambda s: _RANK.get(s, 9), default=gr["severity"])
         resolved_at = None if firing else (gr["resolved_at"] or now)
         if (status, severity, resolved_at) != (gr["status"], gr["severity"], gr["resolved_at"]):
