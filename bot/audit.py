@@ -87,9 +87,7 @@ class AuditLog:
     """Writes and verifies the audit chain.
 
     Entries recorded in the same pass of the event loop share one write (one transaction, one read of
-    the chain head, one executemany); each caller still waits until its entry is committed. While one
-    write is on its way, new entries wait for it and then go together (a group commit): under load
-    the writes grow instead of queueing one small transaction behind another.
+    the chain head, one executemany); each caller still waits until its entry is committed.
     """
 
     def __init__(self, store: SqlStore, redactor: Redactor, clock: Clock) -> None:
@@ -97,7 +95,6 @@ class AuditLog:
         self._redact = redactor
         self._clock = clock
         self._pending: list[tuple[AuditEntry, float, asyncio.Future[None]]] = []
-        self._writing = False
 
     def append_in(self, db: Database, entry: AuditEntry) -> None:
         """Append inside a write that is already running, so the decision and its record commit together."""
@@ -138,14 +135,12 @@ class AuditLog:
         """Append one entry; returns once it is committed."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        if not self._pending and not self._writing:
+        if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append((entry, self._clock.now(), fut))
         await fut
 
     def _flush(self) -> None:
-        if self._writing or not self._pending:
-            return
         batch, self._pending = self._pending, []
         entries = [(e, at) for e, at, _ in batch]
         try:
@@ -155,11 +150,8 @@ class AuditLog:
                 if not fut.done():
                     fut.set_exception(err)
             return
-        self._writing = True
 
         def settle(done: asyncio.Future[None]) -> None:
-            self._writing = False
-            self._flush()  # what arrived meanwhile
             err = done.exception()
             for _, _, fut in batch:
                 if fut.done():  # that caller was cancelled; the entry is written all the same

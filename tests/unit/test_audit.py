@@ -84,11 +84,13 @@ async def test_secrets_are_redacted_before_they_are_written(log) -> None:
     assert (await audit.verify()).ok
 
 
-async def test_entries_that_arrive_while_a_write_is_on_its_way_are_committed_together_in_order(log) -> None:
+async def test_entries_recorded_over_many_passes_of_the_loop_are_each_committed_before_their_caller_returns(
+    log,
+) -> None:
     audit, store = log
 
     async def one(i: int) -> int:
-        for _ in range(i % 7):  # arrive over several passes of the loop, while earlier writes are in flight
+        for _ in range(i % 7):  # arrive over several passes of the loop, while earlier writes are on their way
             await asyncio.sleep(0)
         await audit.record(AuditEntry(f"U{i}", "core.help", Outcome.OK, "C1", None, None, {"n": i}))
         # Returned: the entry is committed, so a reader sees it.
