@@ -590,6 +590,21 @@ def threads_cpu(server: Server) -> dict[str, float]:
     return dict(out)
 
 
+def threads_switches(server: Server) -> dict[str, int]:
+    """Context switches so far per kind of thread (voluntary and not): a thread that waits for the GIL,
+    or for the other thread's SQLite step, switches once per wait."""
+    out: Counter[str] = Counter()
+    for task in Path(f"/proc/{server.pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        kind = "event loop" if task.name == str(server.pid) else re.sub(r"[-_]?\d+$", "", name)
+        out[kind] += sum(int(m) for m in re.findall(r"(?m)^(?:non)?voluntary_ctxt_switches:\s+(\d+)", status))
+    return dict(out)
+
+
 def _self_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -788,7 +803,7 @@ def ingest_round(
                 server.main_thread_cpu_seconds(),
                 _self_cpu(),
             )
-            threads0 = threads_cpu(server)
+            threads0, switches0 = threads_cpu(server), threads_switches(server)
             result = asyncio.run(post_all(url, bodies, opts.connections))
             end = time.monotonic()
             if db is not None:
@@ -804,7 +819,12 @@ def ingest_round(
             )
             run = PhaseRun(phase, alerts, result, end - marks[0], cpu, client)
             out["phases"][phase] = run.to_json()
-            threads1 = threads_cpu(server)
+            threads1, switches1 = threads_cpu(server), threads_switches(server)
+            out["phases"][phase]["switches_per_payload_by_thread"] = {
+                k: round((n - switches0.get(k, 0)) / len(bodies), 1)
+                for k, n in sorted(switches1.items(), key=lambda kv: switches0.get(kv[0], 0) - kv[1])
+                if n - switches0.get(k, 0) > 0
+            }
             out["phases"][phase]["cpu_us_per_alert_by_thread"] = {
                 k: round((v - threads0.get(k, 0.0)) / alerts * 1e6, 1)
                 for k, v in sorted(threads1.items(), key=lambda kv: threads0.get(kv[0], 0.0) - kv[1])
@@ -977,7 +997,10 @@ def profile_summary(profile_dir: Path, alerts: int) -> str:
 
     lines = [
         f"cProfile of opsloop over the measured phases ({alerts} alerts). cProfile adds a cost per Python call,"
-        " so compare shares, not absolute µs, with the unprofiled run."
+        " so compare shares, not absolute µs, with the unprofiled run. Its clock is the wall clock (a thread's"
+        " CPU clock is a system call here, ~1 µs an event, which swamped the figures): a SQLite call that let"
+        " go of the GIL is charged until it has the GIL back, so the writer's fetchall/execute include the"
+        " loop's work meanwhile."
     ]
     for thread in ("writer", "loop"):
         path = profile_dir / f"{thread}.prof"
@@ -1466,6 +1489,9 @@ def ingest_table(d: dict[str, Any]) -> list[str]:
         for phase, r in servers["opsloop"]["rounds"][-1]["phases"].items():
             by = ", ".join(f"{k} {x:.0f}" for k, x in r.get("cpu_us_per_alert_by_thread", {}).items())
             lines.append(f"opsloop CPU µs/alert by thread, {phase} (last round): {by}")
+            sw = ", ".join(f"{k} {x:.0f}" for k, x in r.get("switches_per_payload_by_thread", {}).items())
+            if sw:
+                lines.append(f"opsloop context switches per payload by thread, {phase} (last round): {sw}")
         store = servers["opsloop"]["rounds"][-1].get("store")
         if store:
             lines.append(
