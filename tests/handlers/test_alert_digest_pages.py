@@ -222,3 +222,25 @@ async def test_a_delivery_of_many_alerts_is_one_thread_message_and_its_card_list
             f"{i:04d}" for i in range(12)
         }
         assert set(TOKEN.findall(visible_text(second.blocks))) == {"0012", "0013"}
+
+
+def test_telling_labels_are_those_whose_values_differ_between_alerts() -> None:
+    # The names whose value (or absence) is not the same in every alert of the group: checked against
+    # that definition on random groups, absent labels included.
+    import random
+
+    from bot.alerts import telling_labels
+
+    rng = random.Random(3)
+    for _ in range(300):
+        alerts = []
+        for i in range(rng.randint(2, 6)):
+            labels = {k: rng.choice(["a", "b"]) for k in ("env", "instance", "job", "team") if rng.random() < 0.8}
+            alerts.append(
+                StoredAlert(i, "am", f"f{i}", "firing", "Disk", "info", labels, {}, "", None, [], None, None, None)
+            )
+        names = {k for a in alerts for k in a.labels}
+        expected = sorted(k for k in names if len({a.labels.get(k) for a in alerts}) > 1)
+        assert telling_labels(alerts, {}) == expected
+    one = [stored(1, 1)]
+    assert telling_labels(one, {"alertname": "Disk1"}) == ["instance", "job"]

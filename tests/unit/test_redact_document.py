@@ -77,3 +77,23 @@ def test_a_payload_is_masked_exactly_as_the_walk_would_mask_it() -> None:
         assert r.document(doc) == r.value(doc), doc
         walked += r.document(doc) is not doc
     assert 300 < walked < 2700
+
+
+def test_strings_inside_subclasses_and_tuples_are_seen() -> None:
+    # A reply may hold a StrEnum, a tuple or a dict subclass: their strings are scanned like any other.
+    import enum
+    from collections import OrderedDict
+
+    class Word(enum.StrEnum):
+        LEAK = "token=abcdefgh1234"
+
+    r = Redactor()
+    for doc in (
+        {"status": Word.LEAK},
+        {"rows": ("fine", ("xoxb-1234567890-abcdef",))},
+        OrderedDict(text="password: hunter2hunter2"),
+        [OrderedDict([("auth", ["Bearer abcdefgh12345678"])])],
+    ):
+        assert r.document(doc) == r.value(doc) != doc, doc
+    clean = {"n": 1, "x": None, "ok": True, "f": 1.5, "t": ("a", 2), Word.LEAK.name: "fine"}
+    assert r.document(clean) is clean
