@@ -471,6 +471,26 @@ def _end_bake_in(services: Services, db: Database, r: Release, now: float) -> No
     show_in(services, db, baked, now)
 
 
+def _rollback_failed_in(services: Services, db: Database, r: Release, now: float) -> None:
+    """A rollback that ended a bake went wrong: the release it meant to undo is not rolled back, and
+    its version may well still be running. It stays a failure (its bake is what failed), said as it is."""
+    if r.action != "rollback" or r.rollback_of is None:
+        return
+    done = db.execute(
+        "UPDATE releases SET state = 'failed', message = ?, updated_at = ? WHERE id = ? AND state = 'rolled_back'"
+        " AND message LIKE ?",
+        (
+            f"Release {r.id} tried to roll this back and failed; this version may still be running."
+            f" Check `status {r.service}` before anything else.",
+            now,
+            r.rollback_of,
+            f"Rolled back by release {r.id},%",
+        ),
+    )
+    if done.rowcount == 1:
+        show_in(services, db, load_in(db, r.rollback_of), now)
+
+
 def _mark_rolled_back_in(services: Services, db: Database, r: Release, now: float) -> None:
     """A rollback went well: the release it undid (when it had ended well) is rolled back now."""
     if r.rollback_of is None:
@@ -629,6 +649,7 @@ async def _finish(services: Services, r: Release, state: str, message: str) -> R
             _mark_rolled_back_in(services, db, cur, now)
         if state in ("failed", "interrupted"):
             _event_in(db, "deploy.finished", cur, now, False, reason=message[:300])
+            _rollback_failed_in(services, db, cur, now)
         if state == "rolled_back":
             _event_in(db, "deploy.rolled_back", cur, now, False, reason=message[:300])
         services.audit.append_in(

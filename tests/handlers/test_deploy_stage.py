@@ -201,6 +201,35 @@ async def test_request_checks_card_approvals_rollout_and_automatic_rollback_on_a
         ]
 
 
+async def test_a_rollback_by_hand_that_fails_during_the_bake_leaves_the_release_failed_not_rolled_back(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    script = deploy_script(tmp_path)
+    set_running(tmp_path, "shop", "prod", "1.1.0")
+    cfg = command_config(tmp_path, repo, script, bake=60, passed_in=True)
+    async with slack_ops(tmp_path, emu, clock=FakeClock(), **cfg) as h:
+        await h.command("deploy shop 1.1.0 to staging", user=BOB)  # what a rollback to 1.1.0 checks for
+        await h.command("deploy shop 1.2.0 to staging", user=BOB)
+        await h.command("deploy shop 1.2.0 to prod", user=BOB)
+        release = card_of(h, "Deploy shop 1.2.0 → prod")
+        await approve(h, release, CAROL, DAVE)
+        await card_shows(h, release, "🍞 baking")
+        (tmp_path / "fail").touch()  # the deploy command fails from now on: so does the rollback
+        await say(h, "rollback shop prod", BOB)
+        back = card_of(h, "Rollback shop in prod")
+        await card_shows(h, back, "waiting for approval")
+        await approve(h, back, CAROL, DAVE)
+        assert "exit code 3" in await card_shows(h, back, "❌ failed")
+        # The bake ended when the rollback started; that it failed is said on the release it meant to undo.
+        text = await card_shows(h, release, "❌ failed")
+        assert "tried to roll this back and failed; this version may still be running" in text
+        assert "rolled back" not in text
+        assert deploys(tmp_path)[-1] == "shop 1.1.0 prod"
+        assert (tmp_path / "versions" / "shop-prod").read_text().strip() == "1.2.0"
+
+
 async def test_kubernetes_rollout_progress_on_the_card_then_an_image_pull_failure_and_its_rollback(
     tmp_path: Path, emu: SlackEmulator, k8s: KubernetesEmulator
 ) -> None:
