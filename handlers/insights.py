@@ -138,6 +138,12 @@ def due(config_weekday: str, hour: int, now: float) -> bool:
     return (dt.weekday(), dt.hour) >= (_WEEKDAYS.index(config_weekday), hour)
 
 
+def _by_env(counts: list[tuple[str, int]], production: str) -> str:
+    """`prod 3 · staging 7`: production first, then the others by name; `none` for an empty week."""
+    ordered = sorted(counts, key=lambda c: (c[0] != production, c[0]))
+    return " · ".join(f"{env} {n}" for env, n in ordered) or "none"
+
+
 async def digest_message(services: Services, now: float) -> v.Message:
     """Last week in numbers: deploys, failures, alerts by noise, open plan items, feedback, DORA."""
     start = now - 7 * DAY
@@ -147,14 +153,17 @@ async def digest_message(services: Services, now: float) -> v.Message:
             return int(db.execute(sql, params).fetchone()[0])
 
         return {
-            "deploys": count(
-                "SELECT count(*) FROM events WHERE kind = 'deploy.finished' AND at >= ? AND"
-                " json_extract(detail, '$.ok') = 1",
-                start,
-            ),
+            # Deploys proper (not rollbacks, scales or restarts), by environment: production is DORA's
+            # share of them, and a week of staging deploys is worth seeing beside it.
+            "deploys": db.execute(
+                "SELECT env, count(*) FROM events WHERE kind = 'deploy.finished' AND at >= ?"
+                " AND json_extract(detail, '$.ok') = 1 AND json_extract(detail, '$.action') = 'deploy'"
+                " GROUP BY env ORDER BY env",
+                (start,),
+            ).fetchall(),
             "failed": count(
                 "SELECT count(*) FROM events WHERE kind = 'deploy.finished' AND at >= ? AND"
-                " json_extract(detail, '$.ok') = 0",
+                " json_extract(detail, '$.ok') = 0 AND json_extract(detail, '$.action') = 'deploy'",
                 start,
             ),
             "rollbacks": count("SELECT count(*) FROM events WHERE kind = 'deploy.rolled_back' AND at >= ?", start),
@@ -176,7 +185,7 @@ async def digest_message(services: Services, now: float) -> v.Message:
         v.Header(head),
         v.Section(
             fields=(
-                ("Deploys", str(facts["deploys"])),
+                ("Deploys", _by_env(facts["deploys"], services.config.insights.production)),
                 ("Failed deploys", str(facts["failed"])),
                 ("Rollbacks", str(facts["rollbacks"])),
                 ("Open plan items", str(facts["open_items"])),

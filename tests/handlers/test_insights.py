@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.clock import FakeClock
 from bot.store import rows
-from handlers.insights import schedule_digest
+from handlers.insights import digest_message, schedule_digest
 from tests.support import console_ops
 from tests.unit.test_dora import T0, history
 
@@ -47,3 +48,33 @@ async def test_home_is_a_dashboard(tmp_path: Path) -> None:
     async with console_ops(tmp_path) as h:
         out = await h.say("home")
         assert "Last 30 days:" in out and "Open plan items" in out
+
+
+async def test_the_digest_counts_deploys_by_environment_and_not_rollbacks_scales_or_restarts(tmp_path: Path) -> None:
+    clock = FakeClock(MONDAY_10)
+    async with console_ops(tmp_path, clock=clock) as h:
+
+        def events(db) -> None:
+            for at, env, action, ok in [
+                (MONDAY_10 - 3600, "prod", "deploy", True),
+                (MONDAY_10 - 7200, "prod", "deploy", True),
+                (MONDAY_10 - 7200, "staging", "deploy", True),
+                (MONDAY_10 - 3600, "prod", "scale", True),
+                (MONDAY_10 - 3600, "prod", "rollback", True),
+                (MONDAY_10 - 3600, "prod", "restart", False),
+                (MONDAY_10 - 3600, "staging", "deploy", False),
+                (MONDAY_10 - 8 * 86400, "prod", "deploy", True),  # the week before
+            ]:
+                db.execute(
+                    "INSERT INTO events (at, kind, service, env, ref, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (at, "deploy.finished", "shop", env, "1.0", "U1", json.dumps({"ok": ok, "action": action})),
+                )
+
+        await h.services.store.write(events)
+        fields = dict(digest_message_fields(await digest_message(h.services, clock.now())))
+        assert fields["Deploys"] == "prod 2 · staging 1"
+        assert fields["Failed deploys"] == "1"
+
+
+def digest_message_fields(msg) -> list[tuple[str, str]]:
+    return [f for b in msg.blocks for f in (getattr(b, "fields", None) or ())]
