@@ -434,13 +434,16 @@ class SlackFrontend:
         task = asyncio.current_task()
         if task is not None:  # so shutdown (and tests) can wait for answers still being worked on
             self._late.add(task)
-            task.add_done_callback(self._late.discard)
-        result = await work
-        guard = context.get(AckGuard.KEY)
-        if isinstance(guard, AckGuard) and guard.early:
-            await deliver_late(result)
-            return None
-        return await ack_now(result)
+        try:
+            result = await work
+            guard = context.get(AckGuard.KEY)
+            if isinstance(guard, AckGuard) and guard.early:
+                await deliver_late(result)
+                return None
+            return await ack_now(result)
+        finally:
+            # Here rather than in a done-callback: that would be one more event on the loop per request.
+            self._late.discard(task)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
