@@ -130,19 +130,23 @@ def last_ephemeral(h: SlackHarness, user: str) -> str:
     return said[-1]
 
 
+def scripted_shop(tmp_path: Path, emu: SlackEmulator, clock: FakeClock) -> Any:
+    """opsloop with shop deployed by a script (1.1.0 running in prod), a 60-minute bake, staging first."""
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    script = deploy_script(tmp_path)
+    set_running(tmp_path, "shop", "prod", "1.1.0")
+    return slack_ops(tmp_path, emu, clock=clock, **command_config(tmp_path, repo, script, bake=60, passed_in=True))
+
+
 # --- 1. the whole flow ---------------------------------------------------------------------------------
 
 
 async def test_request_checks_card_approvals_rollout_and_automatic_rollback_on_a_bake_alert(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
-    repo = tmp_path / "repo"
-    make_repo(repo)
-    script = deploy_script(tmp_path)
-    set_running(tmp_path, "shop", "prod", "1.1.0")
     clock = FakeClock()  # the bake lasts an hour that never passes: only the alert can end it
-    cfg = command_config(tmp_path, repo, script, bake=60, passed_in=True)
-    async with slack_ops(tmp_path, emu, clock=clock, **cfg) as h:
+    async with scripted_shop(tmp_path, emu, clock) as h:
         # The checks come first: 1.2.0 never went to staging, and the answer says what to do.
         await h.command("deploy shop 1.2.0 to prod", user=BOB)
         assert "never went to staging; deploy it to staging first" in last_ephemeral(h, BOB)
@@ -204,12 +208,7 @@ async def test_request_checks_card_approvals_rollout_and_automatic_rollback_on_a
 async def test_a_rollback_by_hand_that_fails_during_the_bake_leaves_the_release_failed_not_rolled_back(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
-    repo = tmp_path / "repo"
-    make_repo(repo)
-    script = deploy_script(tmp_path)
-    set_running(tmp_path, "shop", "prod", "1.1.0")
-    cfg = command_config(tmp_path, repo, script, bake=60, passed_in=True)
-    async with slack_ops(tmp_path, emu, clock=FakeClock(), **cfg) as h:
+    async with scripted_shop(tmp_path, emu, FakeClock()) as h:
         await h.command("deploy shop 1.1.0 to staging", user=BOB)  # what a rollback to 1.1.0 checks for
         await h.command("deploy shop 1.2.0 to staging", user=BOB)
         await h.command("deploy shop 1.2.0 to prod", user=BOB)
