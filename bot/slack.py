@@ -387,10 +387,14 @@ class AckBodies:
         self._redactor = redactor
         self._size = size
         self._bodies: OrderedDict[v.Reply, str] = OrderedDict()
+        # The same object again (help replies are built once) needs no hash of the whole view model.
+        self._last: tuple[v.Reply, str] | None = None
 
     def response(self, reply: v.Reply) -> BoltResponse:
         """The 200 that acks with `reply` (redacted: the ack is the one answer that skips the outbox); a
         JSON body makes Bolt's response say application/json."""
+        if self._last is not None and self._last[0] is reply:
+            return BoltResponse(status=200, body=self._last[1])
         try:
             body = self._bodies.get(reply)
         except TypeError:  # something unhashable inside: encode it every time
@@ -401,6 +405,7 @@ class AckBodies:
                 self._bodies.popitem(last=False)
         else:
             self._bodies.move_to_end(reply)
+        self._last = (reply, body)
         return BoltResponse(status=200, body=body)
 
     def _encode(self, reply: v.Reply) -> str:
