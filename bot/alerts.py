@@ -68,6 +68,7 @@ DIGEST_REFRESH = 1.0  # seconds between two renders of the dirty pages
 # json.dumps's text, without its per-call keyword handling and circular-reference bookkeeping: three
 # per stored alert (labels, annotations, links), plain dicts and lists of strings.
 _json = json.JSONEncoder(check_circular=False).encode
+_CATCH_ALL = AlertRoute()  # read only, never changed: one, not a new model per delivery
 
 
 @dataclass(frozen=True)
@@ -577,7 +578,7 @@ class AlertPipeline:
         for r in self.config.alerts.routes:
             if _matches(r, labels):
                 return r
-        return AlertRoute()
+        return _CATCH_ALL
 
     async def ingest(self, batch: AlertBatch) -> Ingested:
         """Store one delivery and update (or post) every card it touches, in one transaction."""
@@ -659,9 +660,10 @@ class AlertPipeline:
                     # A new incident on a resolved group: the old acknowledgement owned the old one (Nagios
                     # drops its acknowledgement at recovery too), so the card asks for an owner again.
                     db.execute("UPDATE alert_groups SET acked_by = NULL, acked_at = NULL WHERE id = ?", (gid,))
-            annotations = dict(a.annotations)
-            if g is not None and annotations.get("nagios_event") == "ACKNOWLEDGEMENT":
-                author = annotations.get("nagios_author") or "Nagios"
+            # Only Nagios tells of an acknowledgement made on its side (another source's annotation of that
+            # name acknowledges nothing).
+            if g is not None and a.source == "nagios" and a.annotation("nagios_event") == "ACKNOWLEDGEMENT":
+                author = a.annotation("nagios_author") or "Nagios"
                 db.execute(
                     "UPDATE alert_groups SET acked_by = coalesce(acked_by, ?), acked_at = coalesce(acked_at, ?)"
                     " WHERE id = ?",
@@ -679,7 +681,7 @@ class AlertPipeline:
                     a.name,
                     a.severity,  # a StrEnum: stored as its text
                     _json(dict(a.labels)),
-                    _json(annotations),
+                    _json(dict(a.annotations)),
                     redact(a.summary)[:2000],
                     a.value,
                     _json(a.links) if a.links else "[]",  # pairs as arrays
