@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -68,6 +69,9 @@ DIGEST_REFRESH = 1.0  # seconds between two renders of the dirty pages
 # json.dumps's text, without its per-call keyword handling and circular-reference bookkeeping: three
 # per stored alert (labels, annotations, links), plain dicts and lists of strings.
 _json = json.JSONEncoder(check_circular=False).encode
+_SET_TIMES = "value = ?, ends_at = ?, starts_at = ?, last_seen = ?, firings = firings + ? WHERE id = ?"
+_SET_STATUS = f"UPDATE alerts SET status = ?, {_SET_TIMES}"
+_SET_ALL = f"UPDATE alerts SET group_id = ?, status = ?, severity = ?, summary = ?, {_SET_TIMES}"
 _CATCH_ALL = AlertRoute()  # read only, never changed: one, not a new model per delivery
 
 
@@ -631,7 +635,7 @@ class AlertPipeline:
         firings: dict[int, tuple[AlertRoute, int]] = {}
         inserts: dict[tuple[str, str], tuple[Any, ...]] = {}  # newest wins if a delivery repeats an alert
         insert_routes: dict[tuple[str, str], AlertRoute] = {}
-        changes: list[tuple[Any, ...]] = []
+        changes: list[tuple[str, tuple[Any, ...]]] = []  # (UPDATE statement, its parameters)
         repeats: list[tuple[float, int]] = []
         redact = self.s.redactor.text
         for a in batch.alerts:
@@ -694,21 +698,14 @@ class AlertPipeline:
             elif prev["status"] != status or prev["group_id"] != gid:
                 # The stored summary is the redacted one: the same text needs no second redaction.
                 summary = prev["summary"] if prev["summary"] == a.summary else redact(a.summary)[:2000]
-                changes.append(
-                    (
-                        gid,
-                        status,
-                        a.severity,
-                        summary,
-                        a.value,
-                        _ts(a.ends_at),
-                        _ts(a.starts_at),
-                        now,
-                        1 if firing else 0,
-                        prev["id"],
-                    )
-                )
-                known[ref] = {**prev, "status": status, "group_id": gid}
+                times = (a.value, _ts(a.ends_at), _ts(a.starts_at), now, 1 if firing else 0, prev["id"])
+                if (prev["group_id"], prev["severity"], prev["summary"]) == (gid, a.severity, summary):
+                    # Most changes are a status (firing <-> resolved): leaving group_id out of the SET spares
+                    # SQLite the foreign-key check and the columns it would rewrite unchanged (~7 -> 4 µs a row).
+                    changes.append((_SET_STATUS, (status, *times)))
+                else:
+                    changes.append((_SET_ALL, (gid, status, a.severity, summary, *times)))
+                known[ref] = {**prev, "status": status, "group_id": gid, "severity": a.severity, "summary": summary}
                 changed_groups.add(gid)
                 if firing:
                     touched.setdefault(gid, set()).add(int(prev["id"]))
@@ -723,12 +720,8 @@ class AlertPipeline:
                 touched.setdefault(gid, set()).add(alert_id)
                 if status == _FIRING:
                     firings[gid] = (route, firings.get(gid, (route, 0))[1] + 1)
-        if changes:
-            db.conn.executemany(
-                "UPDATE alerts SET group_id = ?, status = ?, severity = ?, summary = ?, value = ?, ends_at = ?,"
-                " starts_at = ?, last_seen = ?, firings = firings + ? WHERE id = ?",
-                changes,
-            )
+        for sql, run in itertools.groupby(changes, key=lambda c: c[0]):  # in order: a later change wins
+            db.conn.executemany(sql, [params for _, params in run])
         if repeats:
             db.conn.executemany("UPDATE alerts SET last_seen = ? WHERE id = ?", repeats)
         for gid, (route, n) in firings.items():
@@ -774,7 +767,8 @@ class AlertPipeline:
                 chunk = ordered[i : i + 500]
                 for r in rows(
                     db,
-                    "SELECT id, status, group_id, summary, fingerprint FROM alerts WHERE source = ? AND fingerprint"
+                    "SELECT id, status, group_id, severity, summary, fingerprint FROM alerts WHERE source = ?"
+                    " AND fingerprint"
                     f" IN ({', '.join('?' * len(chunk))})",
                     (source, *chunk),
                 ):

@@ -179,3 +179,36 @@ async def test_a_group_that_fires_again_asks_for_an_owner_again(tmp_path: Path, 
         assert "acknowledged by" not in json.dumps(card.blocks) and "Acknowledge" in json.dumps(card.blocks)
         g = await pipe.get(row["id"])
         assert g is not None and g.acked_by is None
+
+
+async def test_a_stored_alert_takes_each_change_in_the_order_it_came(tmp_path: Path, emu: SlackEmulator) -> None:
+    # Status-only changes and changes of severity or summary are written by different statements; within
+    # one delivery the later state of an alert still wins, and firings are counted once per firing.
+    from dataclasses import replace
+
+    def disk(status: AlertStatus, severity: Severity, summary: str = "disk full") -> Alert:
+        return replace(alert("Disk", "w1", status, severity=severity), summary=summary)
+
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        pipe = h.services.alerts
+
+        async def stored() -> tuple[str, str, str, int]:
+            [row] = await h.services.store.read(
+                lambda db: rows(db, "SELECT status, severity, summary, firings FROM alerts WHERE fingerprint = 'w1'")
+            )
+            return row["status"], row["severity"], row["summary"], row["firings"]
+
+        await pipe.ingest(batch(disk(AlertStatus.FIRING, Severity.WARNING)))
+        await pipe.ingest(batch(disk(AlertStatus.RESOLVED, Severity.WARNING)))
+        assert await stored() == ("resolved", "warning", "disk full", 1)
+        await pipe.ingest(batch(disk(AlertStatus.FIRING, Severity.CRITICAL, "disk full, 99%")))
+        assert await stored() == ("firing", "critical", "disk full, 99%", 2)
+        # Resolved, fired again and resolved in one delivery (a source catching up): the last one stands.
+        await pipe.ingest(
+            batch(
+                disk(AlertStatus.RESOLVED, Severity.CRITICAL, "disk full, 99%"),
+                disk(AlertStatus.FIRING, Severity.WARNING),
+                disk(AlertStatus.RESOLVED, Severity.WARNING, "disk fine again"),
+            )
+        )
+        assert await stored() == ("resolved", "warning", "disk fine again", 3)
