@@ -637,7 +637,7 @@ class AlertPipeline:
         insert_routes: dict[tuple[str, str], AlertRoute] = {}
         changes: list[tuple[str, tuple[Any, ...]]] = []  # (UPDATE statement, its parameters)
         repeats: list[tuple[float, int]] = []
-        redact = self.s.redactor.text
+        redacted = self.s.redactor.texts(a.summary for a in batch.alerts)
         for a in batch.alerts:
             gkey = f"{a.source}:{a.group_key}"
             if gkey not in routes:
@@ -686,7 +686,7 @@ class AlertPipeline:
                     a.severity,  # a StrEnum: stored as its text
                     _json(dict(a.labels)),
                     _json(dict(a.annotations)),
-                    redact(a.summary)[:2000],
+                    redacted[a.summary][:2000],
                     a.value,
                     _json(a.links) if a.links else "[]",  # pairs as arrays
                     a.generator_url,
@@ -697,7 +697,7 @@ class AlertPipeline:
                 )
             elif prev["status"] != status or prev["group_id"] != gid:
                 # The stored summary is the redacted one: the same text needs no second redaction.
-                summary = prev["summary"] if prev["summary"] == a.summary else redact(a.summary)[:2000]
+                summary = prev["summary"] if prev["summary"] == a.summary else redacted[a.summary][:2000]
                 times = (a.value, _ts(a.ends_at), _ts(a.starts_at), now, 1 if firing else 0, prev["id"])
                 if (prev["group_id"], prev["severity"], prev["summary"]) == (gid, a.severity, summary):
                     # Most changes are a status (firing <-> resolved): leaving group_id out of the SET spares

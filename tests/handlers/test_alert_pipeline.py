@@ -212,3 +212,17 @@ async def test_a_stored_alert_takes_each_change_in_the_order_it_came(tmp_path: P
             )
         )
         assert await stored() == ("resolved", "warning", "disk fine again", 3)
+
+
+async def test_the_pipeline_stores_summaries_redacted_even_when_given_them_directly(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    # The webhook route redacts bodies before the pipeline sees them; the pipeline does not rely on it.
+    from dataclasses import replace
+
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        leaky = replace(alert("Disk", "s1"), summary="login failed, password=hunter2hunter2")
+        clean = replace(alert("Disk", "s2"), summary="disk full")
+        await h.services.alerts.ingest(batch(leaky, clean))
+        found = await h.services.store.read(lambda db: rows(db, "SELECT summary FROM alerts ORDER BY fingerprint"))
+        assert [r["summary"] for r in found] == ["login failed, password=[redacted]", "disk full"]

@@ -97,3 +97,11 @@ def test_strings_inside_subclasses_and_tuples_are_seen() -> None:
         assert r.document(doc) == r.value(doc) != doc, doc
     clean = {"n": 1, "x": None, "ok": True, "f": 1.5, "t": ("a", 2), Word.LEAK.name: "fine"}
     assert r.document(clean) is clean
+
+
+def test_texts_masks_each_text_as_text_does() -> None:
+    r = Redactor([SECRET])
+    for clean in (["disk full", "disk full", "node-1 down"], []):
+        assert r.texts(clean) == {t: t for t in clean}
+    mixed = ["disk full", *PIECES]
+    assert r.texts(mixed) == {t: r.text(t) for t in mixed}
