@@ -976,18 +976,21 @@ class AlertPipeline:
         ids = list(page.groups)
         groups = [_group(r) for r in rows(db, f"SELECT * FROM alert_groups WHERE id IN ({marks}) ORDER BY id", ids)]
         by_group: dict[int, list[StoredAlert]] = {gid: [] for gid in ids}
-        # Only what a page shows: labels are the one JSON column decoded (all of the page's in one parse,
-        # a page holds up to 500 alerts); the runbook comes from SQLite.
+        # Only what a page shows (a page holds up to 500 alerts; each column read is an object per alert):
+        # labels are the one JSON column decoded, all of the page's in one parse; the runbook comes from
+        # SQLite; source, fingerprint and severity are not shown.
         found = db.execute(
-            "SELECT id, group_id, source, fingerprint, status, name, severity, labels, summary, generator_url,"
+            "SELECT id, group_id, status, name, labels, summary, generator_url,"
             f" json_extract(annotations, '$.runbook_url') FROM alerts WHERE group_id IN ({marks}) ORDER BY id",
             ids,
         ).fetchall()
-        labels = json.loads("[" + ",".join([r[7] for r in found]) + "]")
-        for r, lab in zip(found, labels, strict=True):
-            runbook = {"runbook_url": r[10]} if r[10] else {}
-            by_group[r[1]].append(
-                StoredAlert(r[0], r[2], r[3], r[4], r[5], r[6], lab, runbook, r[8], None, [], r[9], None, None)
+        labels = json.loads("[" + ",".join([r[4] for r in found]) + "]")
+        for (aid, gid, status, name, _, summary, generator_url, runbook), lab in zip(found, labels, strict=True):
+            annotations = {"runbook_url": runbook} if runbook else {}
+            by_group[gid].append(
+                StoredAlert(
+                    aid, "", "", status, name, "", lab, annotations, summary, None, [], generator_url, None, None
+                )
             )
         message, overflow = digest_page(
             page.number,
