@@ -17,7 +17,7 @@ from bot.clock import iso
 from bot.context import Ctx, Services
 from bot.durations import MAX_DURATION, format_duration, parse_duration
 from bot.errors import Conflict, NotConfigured, NotFound, ToolFailed, UsageError
-from bot.ports import AdapterError, AdapterTimeout, Matcher, NewItem, QueryResult
+from bot.ports import AdapterError, AdapterTimeout, AlertManager, Matcher, NewItem, QueryResult
 from bot.router import CommandGroup, HookResult, SubmitErrors
 from bot.web import HookRejected
 
@@ -102,7 +102,7 @@ def parse_matchers(tokens: list[str]) -> list[Matcher]:
     return out
 
 
-def _am(services: Services) -> Any:
+def _am(services: Services) -> AlertManager:
     if services.alertmanager is None:
         raise NotConfigured("Alertmanager isn't configured: add `integrations.alertmanager.url`.")
     return services.alertmanager
@@ -157,9 +157,18 @@ async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: s
             f"{g.source} has no silences I can set, so I snoozed the group in opsloop for "
             f"{format_duration(duration)} (its card stays, no thread messages)."
         )
+    matchers = [Matcher(k, val) for k, val in sorted(g.labels.items())] or [Matcher("alertname", g.title)]
+    silence_id = await _silence_for(ctx, group_id, matchers, until, reason)
+    return f"Silenced {', '.join(str(m) for m in matchers)} for {format_duration(duration)} (silence `{silence_id}`)."
+
+
+async def _silence_for(ctx: Ctx, group_id: int, matchers: list[Matcher], until: float, reason: str) -> str:
+    """Create the group's silence in Alertmanager and show it on the card; its id.
+
+    The group is claimed first, so a double click, a Slack retry or a form submitted twice creates one
+    silence; a refusal gives the claim back and leaves the card as it was."""
     if not await _claim(ctx, group_id, "silence_id"):
         raise Conflict(f"Group {group_id} is already silenced (or being silenced by someone else right now).")
-    matchers = [Matcher(k, val) for k, val in sorted(g.labels.items())] or [Matcher("alertname", g.title)]
     ends = datetime.fromtimestamp(until, tz=UTC)
     try:
         silence_id = await _am(ctx.services).silence(matchers, ends, created_by=f"opsloop:{ctx.actor}", comment=reason)
@@ -171,7 +180,7 @@ async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: s
     await ctx.services.alerts.change(
         group_id, "alert.silenced", ctx.actor, silence_id=silence_id, silenced_by=ctx.actor, silence_until=until
     )
-    return f"Silenced {', '.join(str(m) for m in matchers)} for {format_duration(duration)} (silence `{silence_id}`)."
+    return silence_id
 
 
 # --- buttons ----------------------------------------------------------------------------------------------
@@ -233,20 +242,9 @@ async def silence_submit(ctx: Ctx, values: dict[str, str | None], meta: SilenceF
     if errors:
         raise SubmitErrors(errors)
     ctx.channel = meta.channel
-    until = datetime.fromtimestamp(ctx.clock.now() + duration.total_seconds(), tz=UTC)
-    try:
-        silence_id = await _am(ctx.services).silence(matchers, until, created_by=f"opsloop:{ctx.actor}", comment=reason)
-    except AdapterError as err:
-        raise _silence_failed(err) from None
-    await ctx.services.alerts.change(
-        meta.group,
-        "alert.silenced",
-        ctx.actor,
-        silence_id=silence_id,
-        silenced_by=ctx.actor,
-        silence_until=until.timestamp(),
-    )
-    return v.Reply.text(f"Silence `{silence_id}` is on until {iso(until.timestamp())}.")
+    until = ctx.clock.now() + duration.total_seconds()
+    silence_id = await _silence_for(ctx, meta.group, matchers, until, reason)
+    return v.Reply.text(f"Silence `{silence_id}` is on until {iso(until)}.")
 
 
 @group.action("alert.unsilence", value=GroupRef, policy="monitor.silence")

@@ -48,6 +48,7 @@ from tests.support import (
     CAROL,
     DAVE,
     SlackHarness,
+    click,
     find_button,
     make_config,
     make_env,
@@ -64,7 +65,7 @@ WRITE_RESULTS = os.environ.get("OPSLOOP_RESULTS") == "1"  # read now: each test'
 VERSIONS = ("1.1.0", "1.2.0", "1.3.0")
 SRE = [f"U0SRE{i}" for i in range(4)]  # extra approvers (through @sre) for concurrent clicks
 
-ACTIONS = ("deploy", "silence", "alert ticket", "reaction ticket", "post")
+ACTIONS = ("deploy", "silence", "silence form", "alert ticket", "reaction ticket", "post")
 MODES = ("double click", "slack retry", "socket redelivery", "concurrent")
 
 
@@ -209,13 +210,19 @@ async def click_many(b: Bench, mode: str, channel: str, ts: str, label: str, use
     """Press `label` on the message as `users[0]` (or, concurrent, as all of `users`) in `mode`;
     returns how many deliveries reached opsloop."""
     el = find_button(b.emu.message(channel, ts).blocks, label)
-    user = users[0]
 
     def payload(u: str) -> dict[str, Any]:
         return b.emu.action_payload(
             user_id=u, action_id=el["action_id"], value=el.get("value", ""), channel_id=channel, message_ts=ts
         )
 
+    return await interact_many(b, mode, payload, users)
+
+
+async def interact_many(b: Bench, mode: str, payload: Callable[[str], dict[str, Any]], users: list[str]) -> int:
+    """Deliver an interaction (a click, a form's submit) of `users[0]` (or, concurrent, of all of `users`)
+    more than once, in `mode`; returns how many deliveries reached opsloop."""
+    user = users[0]
     sends: list[Awaitable[Any]]
     if mode == "double click":
         k = b.rng.randint(2, 3)
@@ -306,6 +313,31 @@ async def trial_silence(b: Bench, mode: str) -> tuple[int, int]:
     return sent, len(await b.silences(name))
 
 
+async def trial_silence_form(b: Bench, mode: str) -> tuple[int, int]:
+    name = f"DupSilenceForm{b.n}"
+    card = await alert_card(b, name)
+    await click(b.h, "C0OPS", card.ts, "Silence…", ALICE)  # opens the form
+    [view] = [vw for vw in b.emu.views.values() if vw.get("callback_id") == "alert.silence_submit" and name in str(vw)]
+    values = {
+        "matchers": {"matchers": {"type": "plain_text_input", "value": f'alertname="{name}"'}},
+        "duration": {"duration": {"type": "plain_text_input", "value": "2h"}},
+        "reason": {"reason": {"type": "plain_text_input", "value": "a known blip"}},
+    }
+
+    def payload(u: str) -> dict[str, Any]:
+        return b.emu.view_submission_payload(
+            user_id=u,
+            view_id=view["id"],
+            callback_id="alert.silence_submit",
+            values=values,
+            private_metadata=view["private_metadata"],
+        )
+
+    sent = await interact_many(b, mode, payload, [ALICE, BOB, CAROL])
+    await b.settle()
+    return sent, len(await b.silences(name))
+
+
 async def trial_alert_ticket(b: Bench, mode: str) -> tuple[int, int]:
     name = f"DupTicket{b.n}"
     card = await alert_card(b, name)
@@ -347,6 +379,7 @@ async def trial_post(b: Bench, mode: str) -> tuple[int, int]:
 TRIAL: dict[str, Callable[[Bench, str], Awaitable[tuple[int, int]]]] = {
     "deploy": trial_deploy,
     "silence": trial_silence,
+    "silence form": trial_silence_form,
     "alert ticket": trial_alert_ticket,
     "reaction ticket": trial_reaction_ticket,
     "post": trial_post,
