@@ -193,12 +193,17 @@ class Outbox:
 
     # --- enqueue -------------------------------------------------------------------------------------
 
-    def _row(self, op: Op, channel: str, payload: Payload, **extra: Any) -> dict[str, Any]:
+    def _body(self, payload: Payload) -> str:
+        """A payload as its row stores it: redacted, then JSON. Made once per queued write: a keyed post
+        may become an update or the new body of a pending row, and each would otherwise make it again."""
+        return json.dumps(self._redacted(payload), separators=(",", ":"))
+
+    def _row(self, op: Op, channel: str, body: str, **extra: Any) -> dict[str, Any]:
         now = self._clock.now()
         return {
             "op": str(op),
             "channel": self._ids.get(channel, channel),
-            "payload": json.dumps(self._redacted(payload), separators=(",", ":")),
+            "payload": body,
             "state": str(State.PENDING),
             "next_at": time.time(),
             "created_at": now,
@@ -222,8 +227,9 @@ class Outbox:
         dedupe: str | None = None,
     ) -> None:
         """Queue a post inside a running write; with `key`, an existing message is updated instead."""
+        body = self._body(payload)
         if key is not None:
-            if self._update_in(db, key, payload):
+            if self._update_in(db, key, body):
                 return
             pending_post = one(
                 db, "SELECT id FROM outbox WHERE ref_key = ? AND op = 'post' AND state = 'pending'", (key,)
@@ -231,20 +237,19 @@ class Outbox:
             if pending_post:
                 db.execute(
                     "UPDATE outbox SET payload = ? WHERE id = ?",
-                    (self._row(Op.POST, channel, payload)["payload"], pending_post["id"]),
+                    (body, pending_post["id"]),
                 )
                 return
         row = self._row(
-            Op.POST, channel, payload, ref_key=key, thread_key=thread_key, thread_ts=thread_ts, dedupe_key=dedupe
+            Op.POST, channel, body, ref_key=key, thread_key=thread_key, thread_ts=thread_ts, dedupe_key=dedupe
         )
         self._insert(db, row)
 
     def update_in(self, db: Database, key: str, payload: Payload) -> bool:
         """Queue an update of the message of `key` inside a running write; False if there is none."""
-        return self._update_in(db, key, payload)
+        return self._update_in(db, key, self._body(payload))
 
-    def _update_in(self, db: Database, key: str, payload: Payload) -> bool:
-        body = self._row(Op.UPDATE, "", payload)["payload"]
+    def _update_in(self, db: Database, key: str, body: str) -> bool:
         # Newest wins: a pending post or a pending update of the same message takes the new body.
         pending = one(
             db,
@@ -263,7 +268,7 @@ class Outbox:
         channel = ref["channel"] if ref is not None else self._posting_channel(db, key)
         if channel is None:
             return False
-        self._insert(db, self._row(Op.UPDATE, channel, payload, ref_key=key))
+        self._insert(db, self._row(Op.UPDATE, channel, body, ref_key=key))
         return True
 
     @staticmethod
@@ -283,27 +288,27 @@ class Outbox:
         channel = ref["channel"] if ref is not None else self._posting_channel(db, key)
         if channel is None:
             return False
-        self._insert(db, self._row(Op.PIN if pinned else Op.UNPIN, channel, {}, ref_key=key))
+        self._insert(db, self._row(Op.PIN if pinned else Op.UNPIN, channel, "{}", ref_key=key))
         return True
 
     def ephemeral_in(
         self, db: Database, channel: str, user: str, payload: Payload, thread_ts: str | None = None
     ) -> None:
         """Queue an ephemeral message to one user inside a running write."""
-        self._insert(db, self._row(Op.EPHEMERAL, channel, payload, user=user, thread_ts=thread_ts))
+        self._insert(db, self._row(Op.EPHEMERAL, channel, self._body(payload), user=user, thread_ts=thread_ts))
 
     def home_in(self, db: Database, user: str, view: Payload) -> None:
         """Queue a publish of a user's App Home; pending publishes for the user collapse."""
-        body = self._row(Op.HOME, "", view)["payload"]
+        body = self._body(view)
         pending = one(db, "SELECT id FROM outbox WHERE op = 'home' AND user = ? AND state = 'pending'", (user,))
         if pending:
             db.execute("UPDATE outbox SET payload = ? WHERE id = ?", (body, pending["id"]))
             return
-        self._insert(db, self._row(Op.HOME, f"home:{user}", view, user=user))
+        self._insert(db, self._row(Op.HOME, f"home:{user}", body, user=user))
 
     def respond_in(self, db: Database, url: str, payload: Payload) -> None:
         """Queue a post to a response_url inside a running write."""
-        self._insert(db, self._row(Op.RESPOND, f"respond:{url[-24:]}", payload, user=url))
+        self._insert(db, self._row(Op.RESPOND, f"respond:{url[-24:]}", self._body(payload), user=url))
 
     def upload_in(
         self,
@@ -315,7 +320,8 @@ class Outbox:
         thread_ts: str | None = None,
     ) -> None:
         """Queue a file upload (`filename`, `content`, `title`, `comment`) inside a running write."""
-        self._insert(db, self._row(Op.UPLOAD, channel, payload, thread_key=thread_key, thread_ts=thread_ts))
+        body = self._body(payload)
+        self._insert(db, self._row(Op.UPLOAD, channel, body, thread_key=thread_key, thread_ts=thread_ts))
 
     def _insert(self, db: Database, row: dict[str, Any]) -> None:
         cols = ", ".join(row)
@@ -331,7 +337,7 @@ class Outbox:
 
     async def update(self, key: str, payload: Payload) -> bool:
         """Queue an update (see `update_in`)."""
-        done = await self._store.write(lambda db: self._update_in(db, key, payload))
+        done = await self._store.write(lambda db: self.update_in(db, key, payload))
         self.kick()
         return done
 
