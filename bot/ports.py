@@ -347,7 +347,11 @@ class Severity(enum.StrEnum):
 
     @property
     def rank(self) -> int:
-        return {"critical": 0, "warning": 1, "info": 2}[self.value]
+        """0 for the most severe."""
+        return _SEVERITY_RANK[self.value]
+
+
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}  # asked per alert: made once
 
 
 @dataclass(frozen=True)
