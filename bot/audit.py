@@ -49,6 +49,15 @@ class AuditEntry:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A row to append: its column values from `at` to `detail`, and its canonical text around the id."""
+
+    values: tuple[Any, ...]
+    before: str
+    after: str
+
+
 @dataclass(frozen=True)
 class AuditRow:
     id: int
@@ -94,31 +103,39 @@ class AuditLog:
         self._store = store
         self._redact = redactor
         self._clock = clock
-        self._pending: list[tuple[AuditEntry, float, asyncio.Future[None]]] = []
+        self._pending: list[tuple[_Row, asyncio.Future[None]]] = []
 
     def append_in(self, db: Database, entry: AuditEntry) -> None:
         """Append inside a write that is already running, so the decision and its record commit together."""
-        self._append_many(db, [(entry, self._clock.now())])
+        self._append_many(db, [self._prepare(entry, self._clock.now())])
 
-    def _append_many(self, db: Database, entries: Sequence[tuple[AuditEntry, float]]) -> None:
+    def _prepare(self, entry: AuditEntry, at: float) -> _Row:
+        """Everything of a row but its place in the chain: redacted, and its hashed text but for the id.
+
+        Made where the entry is recorded (the event loop), so the writer thread only links rows: under load
+        the two threads take turns holding the interpreter, and the writer's share is what everyone waits for."""
+        target = self._redact.text(entry.target) if entry.target else entry.target
+        reason = self._redact.text(entry.reason) if entry.reason else entry.reason
+        detail = _DETAIL.encode(self._redact.value(dict(entry.detail)))
+        outcome = str(entry.outcome)
+        # The canonical text of the row (sorted keys) is the text of the fields before "id", the id, and the
+        # text of the fields after it: the same characters `_digest` hashes when it checks the row.
+        before = {"action": entry.action, "actor": entry.actor, "at": at, "channel": entry.channel, "detail": detail}
+        after = {"outcome": outcome, "reason": reason, "target": target}
+        return _Row(
+            (at, entry.actor, entry.channel, entry.action, target, outcome, reason, detail),
+            _CANONICAL.encode(before)[:-1] + ',"id":',
+            "," + _CANONICAL.encode(after)[1:],
+        )
+
+    def _append_many(self, db: Database, rows_: Sequence[_Row]) -> None:
         head = one(db, "SELECT id, hash FROM audit_head WHERE one = 1")
         prev_id, prev_hash = (head["id"], head["hash"]) if head else (0, GENESIS)
         out = []
-        for entry, at in entries:
+        for r in rows_:
             prev_id += 1
-            row = {
-                "id": prev_id,
-                "at": at,
-                "actor": entry.actor,
-                "channel": entry.channel,
-                "action": entry.action,
-                "target": self._redact.text(entry.target) if entry.target else entry.target,
-                "outcome": str(entry.outcome),
-                "reason": self._redact.text(entry.reason) if entry.reason else entry.reason,
-                "detail": _DETAIL.encode(self._redact.value(dict(entry.detail))),
-            }
-            digest = _digest(prev_hash, row)
-            out.append((*row.values(), prev_hash, digest))
+            digest = hashlib.sha256(f"{prev_hash}\n{r.before}{prev_id}{r.after}".encode()).hexdigest()
+            out.append((prev_id, *r.values, prev_hash, digest))
             prev_hash = digest
         db.conn.executemany(
             "INSERT INTO audit (id, at, actor, channel, action, target, outcome, reason, detail, prev_hash, hash)"
@@ -137,23 +154,23 @@ class AuditLog:
         fut: asyncio.Future[None] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((entry, self._clock.now(), fut))
+        self._pending.append((self._prepare(entry, self._clock.now()), fut))
         await fut
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        entries = [(e, at) for e, at, _ in batch]
+        prepared = [r for r, _ in batch]
         try:
-            written = self._store.submit(lambda db: self._append_many(db, entries))
+            written = self._store.submit(lambda db: self._append_many(db, prepared))
         except Exception as err:  # the store is closed: nobody may wait forever
-            for _, _, fut in batch:
+            for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(err)
             return
 
         def settle(done: asyncio.Future[None]) -> None:
             err = done.exception()
-            for _, _, fut in batch:
+            for _, fut in batch:
                 if fut.done():  # that caller was cancelled; the entry is written all the same
                     continue
                 if err is not None:

@@ -107,3 +107,21 @@ async def test_recording_into_a_closed_store_fails_instead_of_waiting_forever(lo
     await store.close()
     with pytest.raises(RuntimeError, match="not open"):
         await asyncio.wait_for(audit.record(AuditEntry("U1", "core.help", Outcome.OK)), 5)
+
+
+async def test_rows_of_any_text_link_and_verify_as_written(log) -> None:
+    # The hashed text of a row is made in two parts around its id; verify makes it whole: they must agree.
+    audit, store = log
+    odd = [
+        AuditEntry("U1", "plan.new", Outcome.OK, None, None, None, {}),
+        AuditEntry("U2", "plan.new", Outcome.REFUSED, "C1", 'quote " and \\ back\nslash', "ünïcode ✓ 🚀", {"a": [1, 2.5]}),
+        AuditEntry("U3", "deploy.run", Outcome.ERROR, "C1", "token s3cr3t-value here", "\u2028\x00", {"n": {"x": None}}),
+        AuditEntry("Ü4", "x.y", Outcome.APPROVED, "C\u00e9", "", "", {"ms": 1e-7, "big": 10**18, "t": True}),
+    ]
+    for e in odd:
+        await audit.record(e)
+    await store.write(lambda db: audit.append_in(db, odd[1]))
+    result = await audit.verify()
+    assert result.ok and result.checked == 6 + len(odd) + 1, result.problem
+    stored = await store.read(lambda db: rows(db, "SELECT target, reason FROM audit WHERE action = 'deploy.run'"))
+    assert stored == [{"target": "token [redacted] here", "reason": "\u2028\x00"}]
