@@ -11,6 +11,7 @@ import asyncio
 import enum
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,17 @@ class Verification:
 # One encoder each, made once: json.dumps with options builds a new encoder at every call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _DETAIL = json.JSONEncoder(sort_keys=True, default=str)
+_JSON_STRING = json.encoder.encode_basestring  # what an encoder with ensure_ascii=False writes for a str
+
+
+def _str(s: str | None) -> str:
+    """A string (or None) as `_CANONICAL` writes it."""
+    return "null" if s is None else _JSON_STRING(s)
+
+
+def _num(x: float) -> str:
+    """A time as `_CANONICAL` writes it (float and int repr; anything else through the encoder)."""
+    return repr(x) if type(x) in (float, int) and math.isfinite(x) else _CANONICAL.encode(x)
 
 
 def _digest(prev: str, fields: Mapping[str, Any]) -> str:
@@ -118,14 +130,13 @@ class AuditLog:
         reason = self._redact.text(entry.reason) if entry.reason else entry.reason
         detail = _DETAIL.encode(self._redact.value(dict(entry.detail)))
         outcome = str(entry.outcome)
-        # The canonical text of the row (sorted keys) is the text of the fields before "id", the id, and the
-        # text of the fields after it: the same characters `_digest` hashes when it checks the row.
-        before = {"action": entry.action, "actor": entry.actor, "at": at, "channel": entry.channel, "detail": detail}
-        after = {"outcome": outcome, "reason": reason, "target": target}
+        # The canonical text of the row (`_CANONICAL`: sorted keys, no spaces) written out field by field, in
+        # two parts around the id: the same characters `_digest` hashes when `verify` checks the row.
         return _Row(
             (at, entry.actor, entry.channel, entry.action, target, outcome, reason, detail),
-            _CANONICAL.encode(before)[:-1] + ',"id":',
-            "," + _CANONICAL.encode(after)[1:],
+            f'{{"action":{_str(entry.action)},"actor":{_str(entry.actor)},"at":{_num(at)},'
+            f'"channel":{_str(entry.channel)},"detail":{_str(detail)},"id":',
+            f',"outcome":{_str(outcome)},"reason":{_str(reason)},"target":{_str(target)}}}',
         )
 
     def _append_many(self, db: Database, rows_: Sequence[_Row]) -> None:
