@@ -139,11 +139,11 @@ class AuditLog:
             f',"outcome":{_str(outcome)},"reason":{_str(reason)},"target":{_str(target)}}}',
         )
 
-    def _append_many(self, db: Database, rows_: Sequence[_Row]) -> None:
+    def _append_many(self, db: Database, prepared: Sequence[_Row]) -> None:
         head = one(db, "SELECT id, hash FROM audit_head WHERE one = 1")
         prev_id, prev_hash = (head["id"], head["hash"]) if head else (0, GENESIS)
         out = []
-        for r in rows_:
+        for r in prepared:
             prev_id += 1
             digest = hashlib.sha256(f"{prev_hash}\n{r.before}{prev_id}{r.after}".encode()).hexdigest()
             out.append((prev_id, *r.values, prev_hash, digest))
