@@ -47,7 +47,10 @@ _MAYBE = re.compile(
 
 
 class Redactor:
-    """Masks known secret values and secret-looking substrings."""
+    """Masks known secret values and secret-looking substrings.
+
+    The secrets are fixed when it is made (from the config and the environment): what it answered for a
+    text stays true, which is what lets its users remember answers (`may_mask_text`, the Slack acks)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Longest first, so a secret that contains another is masked whole.
@@ -55,12 +58,6 @@ class Redactor:
         # Documents seen lately and whether they may hold a secret: most replies are the same few texts
         # (help, usage, "nothing here"), and scanning them again cost more than building them.
         self._seen: dict[str, bool] = {}
-
-    def add(self, secret: str) -> None:
-        """Remember one more secret value."""
-        if secret and len(secret) >= 6 and secret not in self._values:
-            self._values = sorted([*self._values, secret], key=len, reverse=True)
-            self._seen = {}
 
     def text(self, s: str) -> str:
         """The text with every secret masked."""
