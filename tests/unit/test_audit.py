@@ -114,8 +114,12 @@ async def test_rows_of_any_text_link_and_verify_as_written(log) -> None:
     audit, store = log
     odd = [
         AuditEntry("U1", "plan.new", Outcome.OK, None, None, None, {}),
-        AuditEntry("U2", "plan.new", Outcome.REFUSED, "C1", 'quote " and \\ back\nslash', "ünïcode ✓ 🚀", {"a": [1, 2.5]}),
-        AuditEntry("U3", "deploy.run", Outcome.ERROR, "C1", "token s3cr3t-value here", "\u2028\x00", {"n": {"x": None}}),
+        AuditEntry(
+            "U2", "plan.new", Outcome.REFUSED, "C1", 'quote " and \\ back\nslash', "ünïcode ✓ 🚀", {"a": [1, 2.5]}
+        ),
+        AuditEntry(
+            "U3", "deploy.run", Outcome.ERROR, "C1", "token s3cr3t-value here", "\u2028\x00", {"n": {"x": None}}
+        ),
         AuditEntry("Ü4", "x.y", Outcome.APPROVED, "C\u00e9", "", "", {"ms": 1e-7, "big": 10**18, "t": True}),
     ]
     for e in odd:
