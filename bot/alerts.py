@@ -198,6 +198,11 @@ def _matches(route: AlertRoute, labels: dict[str, str]) -> bool:
     return all(re.fullmatch(rx, labels.get(k, "")) for k, rx in route.match_re.items())
 
 
+# Sources that never say an alert has ended (Splunk's webhook alert action fires, and that is all): their
+# cards get a Resolve button, or they would show "firing" for good.
+NEVER_RESOLVE = frozenset({"splunk"})
+
+
 def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, has_query: bool) -> list[v.Button]:
     """The card's buttons for the group's current state."""
     ref = json.dumps({"group": g.id})
@@ -213,6 +218,8 @@ def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, h
             out.append(v.Button("Silence…", "alert.silence_form", ref))
         if not g.acked_by:
             out.append(v.Button("Acknowledge", "alert.ack", ref, v.Style.PRIMARY))
+        if g.source in NEVER_RESOLVE:
+            out.append(v.Button("Resolve", "alert.resolve", ref))
     if runbook:
         out.append(v.Button("Runbook", "alert.runbook", ref, url=runbook))
     if has_query:
@@ -1032,6 +1039,28 @@ class AlertPipeline:
             )
         )
         return [_alert(r) for r in found]
+
+    async def resolve(self, group_id: int) -> bool:
+        """Mark a group's firing alerts resolved, for a person closing what its source never will; the card and
+        the MTTR figure follow as if the source had said so. False when nothing in the group was firing."""
+        now = self.s.clock.now()
+
+        def tx(db: Database) -> bool:
+            ended = db.execute(
+                "UPDATE alerts SET status = 'resolved', ends_at = ?, last_seen = ?"
+                " WHERE group_id = ? AND status = 'firing'",
+                (now, now, group_id),
+            )
+            if ended.rowcount == 0:
+                return False
+            self._refresh_group(db, group_id, now, new=False, new_alerts=set())
+            return True
+
+        done = await self.s.store.write(tx)
+        if done:
+            self.s.outbox.kick()
+            self._schedule_render()
+        return done
 
     async def change(self, group_id: int, event: str | None = None, actor: str | None = None, **fields: Any) -> Group:
         """Set fields of a group (silence, ack, snooze, ticket), record the event, and refresh its card."""

@@ -291,6 +291,15 @@ async def ack(ctx: Ctx, ref: GroupRef) -> v.Reply:
     return v.Reply.text(f"You own it now.{note}")
 
 
+@group.action("alert.resolve", value=GroupRef, policy="monitor.ack")
+async def resolve(ctx: Ctx, ref: GroupRef) -> v.Reply:
+    """Button: mark resolved an alert whose source never says it ended (Splunk); if it fires again, so does the card."""
+    g = await _group_or_404(ctx, ref.group)
+    if not await ctx.services.alerts.resolve(g.id):
+        raise Conflict(f"Group {g.id} is not firing; nothing to resolve.")
+    return v.Reply.text(f"Marked resolved. If {g.source} fires it again, the card says so.")
+
+
 @group.action("alert.runbook", value=GroupRef)
 async def runbook(ctx: Ctx, ref: GroupRef) -> None:
     """Button with a link: Slack opens the runbook; the click needs no answer."""

@@ -12,7 +12,7 @@ import pytest
 from bot.ports import Alert, AlertBatch, AlertStatus, Severity
 from bot.store import rows
 from tests.emulators.slack import SlackEmulator
-from tests.support import SlackHarness, slack_ops, slack_workspace
+from tests.support import ALICE, BOB, SlackHarness, click, find_button, slack_ops, slack_workspace
 
 
 @pytest.fixture
@@ -61,6 +61,15 @@ CONFIG: dict[str, Any] = {
 
 def cards(h: SlackHarness, channel: str) -> list[Any]:
     return h.emu.top_level(channel)
+
+
+def button_labels(card: Any) -> list[str]:
+    return [
+        el["text"]["text"]
+        for b in card.blocks
+        for el in [*(b.get("elements") or []), *([b["accessory"]] if b.get("accessory") else [])]
+        if el.get("type") == "button"
+    ]
 
 
 async def test_one_card_per_group_edited_in_place(tmp_path: Path, emu: SlackEmulator) -> None:
@@ -226,3 +235,48 @@ async def test_the_pipeline_stores_summaries_redacted_even_when_given_them_direc
         await h.services.alerts.ingest(batch(leaky, clean))
         found = await h.services.store.read(lambda db: rows(db, "SELECT summary FROM alerts ORDER BY fingerprint"))
         assert [r["summary"] for r in found] == ["login failed, password=[redacted]", "disk full"]
+
+
+async def test_an_alert_its_source_never_resolves_is_resolved_from_its_card(tmp_path: Path, emu: SlackEmulator) -> None:
+    splunk = Alert(
+        source="splunk",
+        fingerprint="errors-spike",
+        status=AlertStatus.FIRING,
+        name="Errors spike",
+        severity=Severity.WARNING,
+        group_key="splunk:Errors spike",
+        labels=(("alertname", "Errors spike"),),
+        annotations=(("summary", "500s above 2 %"),),
+        starts_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        await h.services.alerts.ingest(AlertBatch("splunk", (splunk,)))
+        await h.settle()
+        [card] = cards(h, "C0ALERTS")
+        assert "FIRING: Errors spike" in card.text
+        button = find_button(card.blocks, "Resolve")
+        await click(h, "C0ALERTS", card.ts, "Resolve", ALICE)
+        [card] = cards(h, "C0ALERTS")
+        assert card.text.startswith("✅ RESOLVED: Errors spike") and "Resolve" not in button_labels(card)
+        # A second click (a double click, or an old copy of the card) finds nothing firing, and says so.
+        await emu.send_action(
+            h.url,
+            user_id=BOB,
+            action_id=button["action_id"],
+            value=button["value"],
+            channel_id="C0ALERTS",
+            message_ts=card.ts,
+        )
+        await h.settle()
+        assert "is not firing; nothing to resolve" in emu.ephemerals_for(BOB)[-1].text
+        kinds = [r["kind"] for r in await h.services.store.read(lambda db: rows(db, "SELECT kind FROM events"))]
+        assert kinds == ["alert.fired", "alert.resolved"]  # the MTTR figure counts it
+        await h.services.alerts.ingest(AlertBatch("splunk", (splunk,)))  # Splunk fires again: the same card
+        await h.settle()
+        [card] = cards(h, "C0ALERTS")
+        assert "FIRING: Errors spike" in card.text and "Resolve" in button_labels(card)
+        # Sources that do say when an alert ends get no such button.
+        await h.services.alerts.ingest(batch(alert("Disk", "d1")))
+        await h.settle()
+        disk = next(c for c in cards(h, "C0ALERTS") if "Disk" in c.text)
+        assert "Resolve" not in button_labels(disk)
