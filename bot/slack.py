@@ -686,6 +686,45 @@ def request_kind(body: Mapping[str, Any]) -> str:
     return "command" if "command" in body else "other"
 
 
+class AckDeadlines:
+    """One timer for all the requests a transport has not answered yet.
+
+    Every request gets the same ACK_DEADLINE, so they come due in the order they arrived: the oldest armed
+    guard is always the next to fire, and one timer set for it serves them all. A timer per request put a
+    handle on the loop's heap for each (nearly all cancelled, and sifted all the same)."""
+
+    def __init__(self) -> None:
+        self._armed: dict[AckGuard, float] = {}  # in arrival order, so in deadline order
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, guard: AckGuard) -> None:
+        """Start `guard`'s ACK_DEADLINE."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + ACK_DEADLINE
+        self._armed[guard] = when
+        if self._timer is None or when < self._timer.when():
+            self._schedule(loop, when)
+
+    def disarm(self, guard: AckGuard) -> None:
+        """The request was answered in time (or its guard has fired): forget it."""
+        self._armed.pop(guard, None)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for guard, when in list(self._armed.items()):
+            if when > now:
+                self._schedule(loop, when)
+                return
+            del self._armed[guard]
+            guard.fire()
+
+
 class AckGuard:
     """Slack's 3 seconds for one request, kept by the transport that received it.
 
@@ -695,12 +734,14 @@ class AckGuard:
 
     KEY = "opsloop_ack_guard"
 
-    def __init__(self, kind: str, send: Callable[[dict[str, Any] | None], Awaitable[None]]) -> None:
+    def __init__(
+        self, kind: str, send: Callable[[dict[str, Any] | None], Awaitable[None]], deadlines: AckDeadlines
+    ) -> None:
         self.kind = kind
         self.early = False
         self.fired_at: float | None = None
         self._send = send
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines = deadlines
         self.sending: asyncio.Task[None] | None = None
 
     @property
@@ -710,17 +751,18 @@ class AckGuard:
         return None  # an empty 200: clicks, submits (closes the form), events
 
     def arm(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(ACK_DEADLINE, self._fire)
+        """Start the deadline."""
+        self._deadlines.arm(self)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
+        """The deadline passed: answer Slack now, from outside the listener still at work."""
         self.early = True
         self.fired_at = time.perf_counter()
         self.sending = asyncio.ensure_future(self._send(self.early_payload))
 
     async def disarm(self) -> bool:
-        """Stop the timer; True if the early answer was sent (and has finished sending)."""
-        if self._timer is not None:
-            self._timer.cancel()
+        """Stop the deadline; True if the early answer was sent (and has finished sending)."""
+        self._deadlines.disarm(self)
         if self.sending is not None:
             await self.sending
         return self.early
@@ -732,6 +774,7 @@ class TimedSocketModeHandler(AsyncSocketModeHandler):
     def __init__(self, app: AsyncApp, app_token: str, metrics: Metrics) -> None:
         super().__init__(app, app_token=app_token)
         self.metrics = metrics
+        self.deadlines = AckDeadlines()
 
     async def handle(self, client: Any, req: Any) -> None:
         started = time.perf_counter()
@@ -741,7 +784,7 @@ class TimedSocketModeHandler(AsyncSocketModeHandler):
         async def send_early(body: dict[str, Any] | None) -> None:
             await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id, payload=body))
 
-        guard = AckGuard(kind, send_early)
+        guard = AckGuard(kind, send_early, self.deadlines)
         bolt_req = AsyncBoltRequest(
             mode="socket_mode", body=req.payload, headers=build_headers(req), context={AckGuard.KEY: guard}
         )

@@ -21,7 +21,7 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.context import Services
 from bot.router import BeyondInt64, Router, load_json
-from bot.slack import AckGuard, request_kind
+from bot.slack import AckDeadlines, AckGuard, request_kind
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def build_web_app(
     metrics = services.metrics
 
     if bolt is not None:
+        deadlines = AckDeadlines()
 
         async def slack_events(request: web.Request) -> web.Response:
             # Bolt would parse any body as a form and verifies only the signature, so a signed body of
@@ -113,7 +114,7 @@ def build_web_app(
                 await resp.prepare(request)
                 await resp.write_eof()
 
-            guard = AckGuard(kind, send_early)
+            guard = AckGuard(kind, send_early, deadlines)
             bolt_req.context[AckGuard.KEY] = guard
             guard.arm()
             response = await bolt.async_dispatch(bolt_req)
