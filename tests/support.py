@@ -202,10 +202,19 @@ def find_button(blocks: list[dict[str, Any]], label: str) -> dict[str, Any]:
 
 async def click(h: SlackHarness, channel: str, ts: str, label: str, user: str, *, jobs: bool = True) -> Any:
     """Press a button of a message the emulator holds, as `user`, through signed HTTP."""
-    msg = h.emu.message(channel, ts)
-    el = find_button(msg.blocks, label)
+    return await press(h, find_button(h.emu.message(channel, ts).blocks, label), user, channel, ts, jobs=jobs)
+
+
+async def press(h: SlackHarness, button: dict[str, Any], user: str, channel: str, ts: str, *, jobs: bool = True) -> Any:
+    """Send a click of `button` as if from the message `ts` in `channel` (which may no longer show it: a
+    double click, an old copy of a card, a replay from elsewhere), through signed HTTP."""
     res = await h.emu.send_action(
-        h.url, user_id=user, action_id=el["action_id"], value=el.get("value", ""), channel_id=channel, message_ts=ts
+        h.url,
+        user_id=user,
+        action_id=button["action_id"],
+        value=button.get("value", ""),
+        channel_id=channel,
+        message_ts=ts,
     )
     await h.settle(jobs=jobs)
     return res

@@ -143,6 +143,18 @@ def command_config(tmp: Path, repo: Path, script: Path, **env_rules: Any) -> dic
     }
 
 
+def scripted_config(
+    tmp: Path, *, running: str | None = "1.1.0", sleep: float = 0.0, **env_rules: Any
+) -> dict[str, Any]:
+    """`command_config` with its repo and deploy script made in `tmp`, and `running` (if any) in prod."""
+    repo = tmp / "repo"
+    make_repo(repo)
+    script = deploy_script(tmp, sleep=sleep)
+    if running is not None:
+        set_running(tmp, "shop", "prod", running)
+    return command_config(tmp, repo, script, **env_rules)
+
+
 def kubernetes_config(
     kubeconfig: Path, *, image: str = "registry.example.com/shop/api", repo: Path | None = None, **env_rules: Any
 ) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 from bot.ports import Alert, AlertBatch, AlertStatus, Severity
 from bot.store import rows
 from tests.emulators.slack import SlackEmulator
-from tests.support import ALICE, BOB, SlackHarness, click, find_button, slack_ops, slack_workspace
+from tests.support import ALICE, BOB, SlackHarness, click, find_button, press, slack_ops, slack_workspace
 
 
 @pytest.fixture
@@ -259,15 +259,7 @@ async def test_an_alert_its_source_never_resolves_is_resolved_from_its_card(tmp_
         [card] = cards(h, "C0ALERTS")
         assert card.text.startswith("✅ RESOLVED: Errors spike") and "Resolve" not in button_labels(card)
         # A second click (a double click, or an old copy of the card) finds nothing firing, and says so.
-        await emu.send_action(
-            h.url,
-            user_id=BOB,
-            action_id=button["action_id"],
-            value=button["value"],
-            channel_id="C0ALERTS",
-            message_ts=card.ts,
-        )
-        await h.settle()
+        await press(h, button, BOB, "C0ALERTS", card.ts)
         assert "is not firing; nothing to resolve" in emu.ephemerals_for(BOB)[-1].text
         kinds = [r["kind"] for r in await h.services.store.read(lambda db: rows(db, "SELECT kind FROM events"))]
         assert kinds == ["alert.fired", "alert.resolved"]  # the MTTR figure counts it

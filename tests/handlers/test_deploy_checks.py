@@ -23,6 +23,7 @@ from tests.handlers.deploy_support import (
     ephemerals,
     make_repo,
     release_cards,
+    scripted_config,
     set_running,
     text_of,
 )
@@ -133,10 +134,8 @@ def notices(h: object, emu: SlackEmulator) -> list[str]:
 async def test_a_freeze_notice_in_the_approvals_channel_says_how_the_freeze_ended(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
-    repo = tmp_path / "repo"
-    make_repo(repo)
     clock = FakeClock()
-    cfg = command_config(tmp_path, repo, deploy_script(tmp_path))
+    cfg = scripted_config(tmp_path, running=None)
     async with slack_ops(tmp_path, emu, clock=clock, **cfg) as h:
         await h.command('freeze prod 2h "end of quarter"', user=ALICE)
         [notice] = notices(h, emu)
@@ -182,10 +181,8 @@ async def test_a_freeze_that_runs_out_unseen_is_ended_by_the_periodic_sweep(
     tmp_path: Path, emu: SlackEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bot.app, "SWEEP_SECONDS", 0.05)
-    repo = tmp_path / "repo"
-    make_repo(repo)
     clock = FakeClock()
-    cfg = command_config(tmp_path, repo, deploy_script(tmp_path))
+    cfg = scripted_config(tmp_path, running=None)
     async with slack_ops(tmp_path, emu, clock=clock, **cfg) as h:
         await h.command('freeze prod 1h "nobody looks at prod"', user=ALICE)
         [notice] = notices(h, emu)

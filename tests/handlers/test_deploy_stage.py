@@ -29,16 +29,13 @@ from tests.handlers.deploy_support import (
     answer,
     audit_rows,
     card_of,
-    command_config,
-    deploy_script,
     deploys,
     ephemerals,
     kubernetes_config,
-    make_repo,
     post_alert,
     release_cards,
     release_rows,
-    set_running,
+    scripted_config,
     text_of,
     thread_text,
 )
@@ -54,6 +51,7 @@ from tests.support import (
     click,
     config_data,
     find_button,
+    press,
     slack_ops,
     slack_workspace,
     wait_until,
@@ -132,11 +130,7 @@ def last_ephemeral(h: SlackHarness, user: str) -> str:
 
 def scripted_shop(tmp_path: Path, emu: SlackEmulator, clock: FakeClock) -> Any:
     """opsloop with shop deployed by a script (1.1.0 running in prod), a 60-minute bake, staging first."""
-    repo = tmp_path / "repo"
-    make_repo(repo)
-    script = deploy_script(tmp_path)
-    set_running(tmp_path, "shop", "prod", "1.1.0")
-    return slack_ops(tmp_path, emu, clock=clock, **command_config(tmp_path, repo, script, bake=60, passed_in=True))
+    return slack_ops(tmp_path, emu, clock=clock, **scripted_config(tmp_path, bake=60, passed_in=True))
 
 
 # --- 1. the whole flow ---------------------------------------------------------------------------------
@@ -298,14 +292,10 @@ async def test_every_refusal_is_told_and_audited_with_its_reason(
 ) -> None:
     # Expiry is found by the click here, not by the sweeper (which would otherwise race the click).
     monkeypatch.setattr(bot.app, "SWEEP_SECONDS", 3600.0)
-    repo = tmp_path / "repo"
-    make_repo(repo)
-    script = deploy_script(tmp_path)
-    set_running(tmp_path, "shop", "prod", "1.1.0")
     clock = FakeClock()
     async with registry_server(tmp_path / "registry") as reg:
         first = await push_image(reg.url, "shop/web", "1.2.0", layer=tiny_layer("first build"))
-        cfg = command_config(tmp_path, repo, script)
+        cfg = scripted_config(tmp_path)
         cfg["services"]["shop"]["deploy"]["image"] = f"127.0.0.1:{reg.port}/shop/web"
         cfg["integrations"]["registry"] = {"url": reg.url, "timeout": "5s"}
         async with slack_ops(tmp_path, emu, clock=clock, **cfg) as h:
@@ -317,15 +307,7 @@ async def test_every_refusal_is_told_and_audited_with_its_reason(
             await approve(h, card, EVE)
             # A replayed payload: the card's Approve button, but from another channel and message.
             el = find_button(emu.message(C, card.ts).blocks, "Approve")
-            await emu.send_action(
-                h.url,
-                user_id=DAVE,
-                action_id=el["action_id"],
-                value=el["value"],
-                channel_id="C0OPS",
-                message_ts="1700000000.000100",
-            )
-            await h.settle(jobs=False)
+            await press(h, el, DAVE, "C0OPS", "1700000000.000100", jobs=False)
             assert "does not belong to request" in last_ephemeral(h, DAVE)
             await approve(h, card, CAROL)  # counts: 1 of 2
 
@@ -404,10 +386,7 @@ async def test_every_refusal_is_told_and_audited_with_its_reason(
 async def test_a_card_found_again_after_a_restart_takes_its_own_clicks_and_refuses_replays(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
-    repo = tmp_path / "repo"
-    make_repo(repo)
-    set_running(tmp_path, "shop", "prod", "1.1.0")
-    async with slack_ops(tmp_path, emu, **command_config(tmp_path, repo, deploy_script(tmp_path))) as h:
+    async with slack_ops(tmp_path, emu, **scripted_config(tmp_path)) as h:
         await h.command("deploy shop 1.2.0 to prod", user=BOB)
         card = card_of(h, "Deploy shop 1.2.0 → prod")
         # What the outbox keeps of a card it posted just before a SIGKILL and found again on restart
@@ -435,15 +414,12 @@ async def test_a_card_found_again_after_a_restart_takes_its_own_clicks_and_refus
 async def test_twenty_last_clicks_and_a_slack_retry_start_one_rollout_and_one_request_holds_the_env(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
-    repo = tmp_path / "repo"
-    make_repo(repo)
-    script = deploy_script(tmp_path, sleep=0.3)
-    set_running(tmp_path, "shop", "prod", "1.1.0")
+    cfg = scripted_config(tmp_path, sleep=0.3)
     sre = [f"U0SRE{i:02d}" for i in range(10)]
     for uid in sre:
         emu.add_user(uid, uid.lower())
     emu.set_usergroup_users("S0SRE", [CAROL, *sre])
-    async with slack_ops(tmp_path, emu, **command_config(tmp_path, repo, script)) as h:
+    async with slack_ops(tmp_path, emu, **cfg) as h:
         # Requests at the same moment (bob and alice, three each): one gets the card, the others are
         # told who holds shop in prod.
         answers = await asyncio.gather(
