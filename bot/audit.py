@@ -96,8 +96,36 @@ def _num(x: float) -> str:
     return repr(x) if type(x) in (float, int) and math.isfinite(x) else _CANONICAL.encode(x)
 
 
+def _around_id(
+    action: str,
+    actor: str,
+    at: float,
+    channel: str | None,
+    detail: str,
+    outcome: str,
+    reason: str | None,
+    target: str | None,
+) -> tuple[str, str]:
+    """A row's canonical text, the one its hash covers, in two parts around its id: JSON with sorted keys and no
+    spaces (as `_CANONICAL` writes the row), field by field, so a row can be hashed once its id is known."""
+    return (
+        f'{{"action":{_str(action)},"actor":{_str(actor)},"at":{_num(at)},"channel":{_str(channel)},'
+        f'"detail":{_str(detail)},"id":',
+        f',"outcome":{_str(outcome)},"reason":{_str(reason)},"target":{_str(target)}}}',
+    )
+
+
+def _hash(prev: str, before: str, row_id: int, after: str) -> str:
+    return hashlib.sha256(f"{prev}\n{before}{row_id}{after}".encode()).hexdigest()
+
+
 def _digest(prev: str, fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(f"{prev}\n{_CANONICAL.encode(fields)}".encode()).hexdigest()
+    """The hash of a stored row (`_fields`), linked to the hash before it."""
+    f = fields
+    before, after = _around_id(
+        f["action"], f["actor"], f["at"], f["channel"], f["detail"], f["outcome"], f["reason"], f["target"]
+    )
+    return _hash(prev, before, f["id"], after)
 
 
 def _fields(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,13 +158,9 @@ class AuditLog:
         reason = self._redact.text(entry.reason) if entry.reason else entry.reason
         detail = _DETAIL.encode(self._redact.value(dict(entry.detail)))
         outcome = str(entry.outcome)
-        # The canonical text of the row (`_CANONICAL`: sorted keys, no spaces) written out field by field, in
-        # two parts around the id: the same characters `_digest` hashes when `verify` checks the row.
         return _Row(
             (at, entry.actor, entry.channel, entry.action, target, outcome, reason, detail),
-            f'{{"action":{_str(entry.action)},"actor":{_str(entry.actor)},"at":{_num(at)},'
-            f'"channel":{_str(entry.channel)},"detail":{_str(detail)},"id":',
-            f',"outcome":{_str(outcome)},"reason":{_str(reason)},"target":{_str(target)}}}',
+            *_around_id(entry.action, entry.actor, at, entry.channel, detail, outcome, reason, target),
         )
 
     def _append_many(self, db: Database, prepared: Sequence[_Row]) -> None:
@@ -145,7 +169,7 @@ class AuditLog:
         out = []
         for r in prepared:
             prev_id += 1
-            digest = hashlib.sha256(f"{prev_hash}\n{r.before}{prev_id}{r.after}".encode()).hexdigest()
+            digest = _hash(prev_hash, r.before, prev_id, r.after)
             out.append((prev_id, *r.values, prev_hash, digest))
             prev_hash = digest
         db.conn.executemany(
