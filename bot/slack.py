@@ -717,7 +717,8 @@ class AckDeadlines:
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         now = loop.time()
-        for guard, when in list(self._armed.items()):
+        while self._armed:
+            guard, when = next(iter(self._armed.items()))  # the oldest: only it can be due first
             if when > now:
                 self._schedule(loop, when)
                 return
