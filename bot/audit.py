@@ -83,7 +83,21 @@ class Verification:
 # One encoder each, made once: json.dumps with options builds a new encoder at every call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _DETAIL = json.JSONEncoder(sort_keys=True, default=str)
+# The same encoder's C core, made once: JSONEncoder.encode makes a new one at every call, a third of the time
+# of preparing a row. No cycle check (markers None): a detail is the redactor's fresh copy, which would have
+# failed on a cycle already.
+_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)  # CPython's; not in the type stubs
+_DETAIL_CHUNKS = (
+    _C_ENCODER(None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", True, False, True)
+    if _C_ENCODER is not None
+    else None
+)
 _JSON_STRING = json.encoder.encode_basestring  # what an encoder with ensure_ascii=False writes for a str
+
+
+def _detail(v: Any) -> str:
+    """A detail as `_DETAIL` writes it."""
+    return "".join(_DETAIL_CHUNKS(v, 0)) if _DETAIL_CHUNKS is not None else _DETAIL.encode(v)
 
 
 def _str(s: str | None) -> str:
@@ -156,7 +170,7 @@ class AuditLog:
         the two threads take turns holding the interpreter, and the writer's share is what everyone waits for."""
         target = self._redact.text(entry.target) if entry.target else entry.target
         reason = self._redact.text(entry.reason) if entry.reason else entry.reason
-        detail = _DETAIL.encode(self._redact.value(dict(entry.detail)))
+        detail = _detail(self._redact.value(dict(entry.detail)))
         outcome = str(entry.outcome)
         return _Row(
             (at, entry.actor, entry.channel, entry.action, target, outcome, reason, detail),

@@ -139,3 +139,23 @@ async def test_rows_of_any_text_link_and_verify_as_written(log) -> None:
             f["action"], f["actor"], f["at"], f["channel"], f["detail"], f["outcome"], f["reason"], f["target"]
         )
         assert f"{before}{f['id']}{after}" == json.dumps(f, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+async def test_details_are_stored_as_json_dumps_writes_them(log) -> None:
+    # The detail is encoded by the JSON encoder's C core made once; its text must be json.dumps's, the one
+    # older rows hold, for any value a caller passes (nested, unicode, non-finite, not JSON at all).
+    audit, store = log
+    import datetime
+
+    details = [
+        {},
+        {"source": "slash", "ms": 0.05},
+        {"b": [1, 2, {"z": None, "a": True}], "a": "ünï ✓\n\"q\"", "n": -0.0},
+        {"when": datetime.date(2026, 11, 26), "inf": float("inf"), "nan": float("nan"), "big": 10**20},
+        {"nested": {"deep": [[[]], {"k": ("t", 1)}]}},
+    ]
+    for i, d in enumerate(details):
+        await audit.record(AuditEntry("U1", "x.detail", Outcome.OK, "C1", str(i), None, d))
+    stored = await store.read(lambda db: rows(db, "SELECT detail FROM audit WHERE action = 'x.detail' ORDER BY id"))
+    assert [r["detail"] for r in stored] == [json.dumps(d, sort_keys=True, default=str) for d in details]
+    assert (await audit.verify()).ok
