@@ -536,3 +536,21 @@ def m010_channel_ids(db: Database) -> None:
     # Config names channels (`#approvals`); Slack edits, pins and finds messages only by channel id. The
     # id a post answered with is kept, so every later row of that channel is queued (paced, ordered) as one.
     db.execute("CREATE TABLE channel_ids (name TEXT PRIMARY KEY, id TEXT NOT NULL)")
+
+
+@MIGRATIONS()
+def m011_release_ended_by(db: Database) -> None:
+    # The rollback that ended a release (its bake, or the release as a whole), so a rollback that fails
+    # finds the release it meant to undo by a number rather than by the words of its message.
+    db.execute("ALTER TABLE releases ADD COLUMN ended_by INTEGER")
+    backfill_ended_by(db)
+
+
+def backfill_ended_by(db: Database) -> None:
+    """`ended_by` of releases rolled back before the column existed, read from the message that said so
+    ("Rolled back by release N, requested by …", the one words opsloop wrote for it)."""
+    number = "substr(message, 24, instr(message, ',') - 24)"  # after the 23 characters of "Rolled back by release "
+    db.execute(
+        f"UPDATE releases SET ended_by = CAST({number} AS INTEGER) WHERE ended_by IS NULL AND state = 'rolled_back'"
+        f" AND message LIKE 'Rolled back by release %,%' AND {number} <> '' AND {number} NOT GLOB '*[^0-9]*'"
+    )

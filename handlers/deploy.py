@@ -461,8 +461,9 @@ def _end_bake_in(services: Services, db: Database, r: Release, now: float) -> No
         return
     baked = release_from(found)
     db.execute(
-        "UPDATE releases SET state = 'rolled_back', message = ?, finished_at = ?, updated_at = ? WHERE id = ?",
-        (f"Rolled back by release {r.id}, requested by <@{r.requester}>.", now, now, baked.id),
+        "UPDATE releases SET state = 'rolled_back', message = ?, ended_by = ?, finished_at = ?, updated_at = ?"
+        " WHERE id = ?",
+        (f"Rolled back by release {r.id}, requested by <@{r.requester}>.", r.id, now, now, baked.id),
     )
     if r.rollback_of is None:
         db.execute("UPDATE releases SET rollback_of = ? WHERE id = ?", (baked.id, r.id))
@@ -477,14 +478,14 @@ def _rollback_failed_in(services: Services, db: Database, r: Release, now: float
     if r.action != "rollback" or r.rollback_of is None:
         return
     done = db.execute(
-        "UPDATE releases SET state = 'failed', message = ?, updated_at = ? WHERE id = ? AND state = 'rolled_back'"
-        " AND message LIKE ?",
+        "UPDATE releases SET state = 'failed', message = ?, updated_at = ?"
+        " WHERE id = ? AND state = 'rolled_back' AND ended_by = ?",
         (
             f"Release {r.id} tried to roll this back and failed; this version may still be running."
             f" Check `status {r.service}` before anything else.",
             now,
             r.rollback_of,
-            f"Rolled back by release {r.id},%",
+            r.id,
         ),
     )
     if done.rowcount == 1:
@@ -499,8 +500,8 @@ def _mark_rolled_back_in(services: Services, db: Database, r: Release, now: floa
     if old is None:
         return
     db.execute(
-        "UPDATE releases SET state = 'rolled_back', message = ?, updated_at = ? WHERE id = ?",
-        (f"Rolled back by release {r.id}, requested by <@{r.requester}>.", now, old["id"]),
+        "UPDATE releases SET state = 'rolled_back', message = ?, ended_by = ?, updated_at = ? WHERE id = ?",
+        (f"Rolled back by release {r.id}, requested by <@{r.requester}>.", r.id, now, old["id"]),
     )
     undone = load_in(db, old["id"])
     _event_in(db, "deploy.rolled_back", undone, now, False, reason=f"rolled back by release {r.id}")

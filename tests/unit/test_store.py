@@ -100,3 +100,30 @@ async def test_readonly_file_is_a_sentence(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StartupError, match="not an opsloop database"):
         await Store(bad).open()
+
+
+def test_an_upgrade_numbers_the_rollback_that_ended_each_release(tmp_path: Path) -> None:
+    # m011 adds `ended_by`; releases rolled back before it get the number their message gave, so a rollback
+    # in flight across the upgrade that then fails still finds the release it meant to undo.
+    from sqlite_utils import Database
+
+    from bot.store import MIGRATIONS, _connect
+
+    db = Database(_connect(str(tmp_path / "old.db")), execute_plugins=False)
+    MIGRATIONS.apply(db, stop_before="m011_release_ended_by")
+    for state, message in [
+        ("rolled_back", "Rolled back by release 7, requested by <@U0BOB>."),
+        ("rolled_back", "Rolled back to 1.1.0: the health check failed."),
+        ("succeeded", "Baked without trouble."),
+        ("failed", "Release 12 tried to roll this back and failed; this version may still be running."),
+        ("rolled_back", "Rolled back by release x, requested by <@U0BOB>."),
+    ]:
+        db.execute(
+            "INSERT INTO releases (action, service, env, requester, state, channel, message, created_at, updated_at)"
+            " VALUES ('deploy', 'shop', 'prod', 'U0BOB', ?, 'C1', ?, 1, 1)",
+            (state, message),
+        )
+    db.conn.commit()
+    MIGRATIONS.apply(db)
+    ended = [r["ended_by"] for r in rows(db, "SELECT ended_by FROM releases ORDER BY id")]
+    assert ended == [7, None, None, None, None]
