@@ -53,6 +53,10 @@ class Token:
     quoted: bool = False
 
 
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_LIST_ITEM = re.compile(r"([-*•]|\d+[.)])\s")
+
+
 def tokenize(text: str) -> list[Token]:
     """Split on whitespace; double quotes (straight or curly) and Slack's <…> group words; raise on an
     open quote."""
@@ -208,8 +212,19 @@ class CommandSpec:
 
     @property
     def details(self) -> str:
-        lines = self.doc.strip().splitlines()[1:]
-        return "\n".join(line.strip() for line in lines).strip()
+        """The docstring after its first line, each paragraph on one line: chat breaks a line wherever the
+        text has a newline, and a docstring's are only where the source wraps. List items keep theirs."""
+        paragraphs = []
+        for block in _PARAGRAPH_BREAK.split("\n".join(self.doc.strip().splitlines()[1:])):
+            lines: list[str] = []
+            for line in (raw.strip() for raw in block.splitlines()):
+                if lines and line and not _LIST_ITEM.match(line):
+                    lines[-1] += " " + line
+                elif line:
+                    lines.append(line)
+            if lines:
+                paragraphs.append("\n".join(lines))
+        return "\n".join(paragraphs)
 
     def usage(self) -> str:
         return " ".join([*self.words, *(p.usage() for p in self.params)])

@@ -221,3 +221,25 @@ def test_the_tracker_of_a_key_is_told_by_its_shape(tmp_path) -> None:
     jira = cfg.integrations.jira.model_copy(update={"project": "OPS"})  # type: ignore[union-attr]
     services.config = cfg.model_copy(update={"integrations": cfg.integrations.model_copy(update={"jira": jira})})
     assert services.tracker_for("OPS-1").name == "jira"
+
+
+def test_help_details_are_paragraphs_not_the_source_wrapping() -> None:
+    # Chat breaks a line at every newline: a docstring wrapped at 110 columns must read as sentences.
+    doc = """Deploy a service.
+
+    `force "reason"` breaks glass over a freeze; only roles in the
+    environment's `break_glass` may.
+
+    Steps:
+    - checks run first,
+      then approvals
+    - the rollout
+    1. one
+    2) two"""
+    spec = c.CommandSpec("deploy.run", ("deploy",), (), _noop, doc)
+    assert spec.summary == "Deploy a service."
+    assert spec.details == (
+        '`force "reason"` breaks glass over a freeze; only roles in the environment\'s `break_glass` may.\n'
+        "Steps:\n- checks run first, then approvals\n- the rollout\n1. one\n2) two"
+    )
+    assert c.CommandSpec("x", ("x",), (), _noop, "Only a summary.").details == ""
