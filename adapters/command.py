@@ -207,7 +207,9 @@ class CommandTarget:
             if self._version_file
             else "a command target reports no status (no version file is configured)"
         )
-        return WorkloadStatus(version=version, image=None, desired=0, ready=0, available=0, message=note)
+        return WorkloadStatus(
+            version=version, image=None, desired=0, ready=0, available=0, message=note, counts_replicas=False
+        )
 
     async def scale(self, spec: TargetSpec, replicas: int) -> None:
         """Not for a command target: it runs a command, it does not own a workload."""

@@ -655,6 +655,7 @@ class WorkloadStatus:
     available: int
     pods: tuple[PodInfo, ...] = ()
     message: str = ""
+    counts_replicas: bool = True  # False: desired/ready/available mean nothing (a command target)
 
 
 @runtime_checkable

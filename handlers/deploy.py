@@ -1096,11 +1096,12 @@ async def service_status(ctx: Ctx, service: str, env: str | None) -> v.Reply:
             + (f", {p.restarts} restarts" if p.restarts else "")
             for p in st.pods[:10]
         )
-        blocks.append(
-            v.Section(
-                f"*{e}*: `{v.esc(st.version or '?')}` — {st.ready}/{st.desired} ready" + (f"\n{pods}" if pods else "")
-            )
-        )
+        line = f"*{e}*: `{v.esc(st.version or '?')}`"
+        if st.counts_replicas:
+            line += f" — {st.ready}/{st.desired} ready"
+        if st.message:
+            line += f"\n_{v.esc(st.message)}_"
+        blocks.append(v.Section(line + (f"\n{pods}" if pods else "")))
     return v.Reply(v.Message(f"Status of {service}", tuple(blocks)))
 
 

@@ -221,6 +221,10 @@ async def test_a_rollback_by_hand_that_fails_during_the_bake_leaves_the_release_
         assert "rolled back" not in text
         assert deploys(tmp_path)[-1] == "shop 1.1.0 prod"
         assert (tmp_path / "versions" / "shop-prod").read_text().strip() == "1.2.0"
+        # A command target knows the version it deployed and no replicas: status says so, not "0/0 ready".
+        shown = json.dumps(answer(h, await h.command("status shop", user=BOB)), ensure_ascii=False)
+        assert "*staging*: `1.2.0`" in shown and "*prod*: `1.2.0`" in shown
+        assert "reports only the version it last deployed" in shown and "ready" not in shown
 
 
 async def test_kubernetes_rollout_progress_on_the_card_then_an_image_pull_failure_and_its_rollback(
