@@ -150,7 +150,7 @@ async def test_details_are_stored_as_json_dumps_writes_them(log) -> None:
     details = [
         {},
         {"source": "slash", "ms": 0.05},
-        {"b": [1, 2, {"z": None, "a": True}], "a": "ünï ✓\n\"q\"", "n": -0.0},
+        {"b": [1, 2, {"z": None, "a": True}], "a": 'ünï ✓\n"q"', "n": -0.0},
         {"when": datetime.date(2026, 11, 26), "inf": float("inf"), "nan": float("nan"), "big": 10**20},
         {"nested": {"deep": [[[]], {"k": ("t", 1)}]}},
     ]
