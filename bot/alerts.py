@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlite_utils import Database
 
@@ -158,6 +158,35 @@ class StoredAlert:
     ends_at: float | None
 
 
+class ShownAlert(Protocol):
+    """What a digest page and a group's buttons read of an alert: a StoredAlert, or the narrower PageAlert."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def annotations(self) -> dict[str, str]: ...
+    @property
+    def generator_url(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PageAlert:
+    """An alert as a storm digest page reads it: only what the page shows (a page holds up to 500)."""
+
+    status: str
+    name: str
+    labels: dict[str, str]
+    summary: str
+    annotations: dict[str, str]
+    generator_url: str | None
+
+
 def _alert(r: dict[str, Any]) -> StoredAlert:
     return StoredAlert(
         id=r["id"],
@@ -244,7 +273,7 @@ def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, h
     return out
 
 
-def group_buttons(g: Group, alerts: Sequence[StoredAlert], silence_hours: Sequence[int]) -> list[v.Button]:
+def group_buttons(g: Group, alerts: Sequence[ShownAlert], silence_hours: Sequence[int]) -> list[v.Button]:
     """The group's buttons, with Runbook and Graph when one of its alerts has a runbook or a query."""
     runbook = next((a.annotations.get("runbook_url") for a in alerts if a.annotations.get("runbook_url")), None)
     has_query = any(a.generator_url and "g0.expr=" in a.generator_url for a in alerts)
@@ -416,7 +445,7 @@ def digest_card(channel: str, summary: DigestSummary, started: float) -> v.Messa
     )
 
 
-def telling_labels(alerts: Sequence[StoredAlert], group_labels: dict[str, str]) -> list[str]:
+def telling_labels(alerts: Sequence[ShownAlert], group_labels: dict[str, str]) -> list[str]:
     """The label names that tell a group's alerts apart (those whose values differ); for a single alert,
     its labels other than the group's own and its name and severity."""
     if len(alerts) > 1:
@@ -431,7 +460,7 @@ def telling_labels(alerts: Sequence[StoredAlert], group_labels: dict[str, str]) 
     return sorted(k for a in alerts for k in a.labels if k not in skip)
 
 
-def alert_line(a: StoredAlert, keys: Sequence[str]) -> str:
+def alert_line(a: ShownAlert, keys: Sequence[str]) -> str:
     """One alert on a digest page: state, the labels that identify it, its summary."""
     mark = "🔥" if a.status == _FIRING else "✅"
     have = a.labels
@@ -451,7 +480,7 @@ def _fit(lines: Sequence[str], budget: int) -> int:
 
 
 def page_group(
-    g: Group, alerts: Sequence[StoredAlert], *, now: float, silence_hours: Sequence[int]
+    g: Group, alerts: Sequence[ShownAlert], *, now: float, silence_hours: Sequence[int]
 ) -> tuple[list[v.Block], list[str]]:
     """A group on a digest page (its section and its buttons, at most GROUP_CHARS of text), and the
     lines of the alerts that did not fit, for its overflow messages."""
@@ -492,7 +521,7 @@ def page_group(
 
 
 def digest_page(
-    page: int, groups: Sequence[tuple[Group, Sequence[StoredAlert]]], *, now: float, silence_hours: Sequence[int]
+    page: int, groups: Sequence[tuple[Group, Sequence[ShownAlert]]], *, now: float, silence_hours: Sequence[int]
 ) -> tuple[v.Message, dict[int, list[str]]]:
     """Page `page` (from 0) of a digest's thread, and the overflow lines per group id.
 
@@ -982,23 +1011,19 @@ class AlertPipeline:
         marks = ", ".join("?" * len(page.groups))
         ids = list(page.groups)
         groups = [_group(r) for r in rows(db, f"SELECT * FROM alert_groups WHERE id IN ({marks}) ORDER BY id", ids)]
-        by_group: dict[int, list[StoredAlert]] = {gid: [] for gid in ids}
+        by_group: dict[int, list[ShownAlert]] = {gid: [] for gid in ids}
         # Only what a page shows (a page holds up to 500 alerts; each column read is an object per alert):
         # labels are the one JSON column decoded, all of the page's in one parse; the runbook comes from
-        # SQLite; source, fingerprint and severity are not shown.
+        # SQLite.
         found = db.execute(
-            "SELECT id, group_id, status, name, labels, summary, generator_url,"
+            "SELECT group_id, status, name, labels, summary, generator_url,"
             f" json_extract(annotations, '$.runbook_url') FROM alerts WHERE group_id IN ({marks}) ORDER BY id",
             ids,
         ).fetchall()
-        labels = json.loads("[" + ",".join([r[4] for r in found]) + "]")
-        for (aid, gid, status, name, _, summary, generator_url, runbook), lab in zip(found, labels, strict=True):
+        labels = json.loads("[" + ",".join([r[3] for r in found]) + "]")
+        for (gid, status, name, _, summary, generator_url, runbook), lab in zip(found, labels, strict=True):
             annotations = {"runbook_url": runbook} if runbook else {}
-            by_group[gid].append(
-                StoredAlert(
-                    aid, "", "", status, name, "", lab, annotations, summary, None, [], generator_url, None, None
-                )
-            )
+            by_group[gid].append(PageAlert(status, name, lab, summary, annotations, generator_url))
         message, overflow = digest_page(
             page.number,
             [(g, by_group[g.id]) for g in groups],

@@ -131,10 +131,14 @@ def am_alert(i: int, g: int, status: AlertStatus = AlertStatus.FIRING) -> Alert:
         severity=Severity.WARNING,
         group_key=f'{{}}:{{alertname="{name}"}}',
         labels=(("alertname", name), ("instance", f"node-{i:04d}")),
-        annotations=(("summary", f"storm alert [a{i:04d}]"),),
+        annotations=(("summary", f"storm alert [a{i:04d}]"),) + ((("runbook_url", RUNBOOK),) if i == 15000 else ()),
         summary=f"storm alert [a{i:04d}] on node-{i:04d}",
         starts_at=datetime(2026, 1, 1, tzinfo=UTC),
+        generator_url="http://prometheus:9090/graph?g0.expr=up%3D%3D0" if i == 15001 else None,
     )
+
+
+RUNBOOK = "https://runbooks.example/storm15"  # on group 16, the 16th made (g=15)
 
 
 def am_batch(alerts: list[Alert]) -> AlertBatch:
@@ -188,6 +192,18 @@ async def test_a_storm_shows_every_alert_in_its_thread_and_a_page_button_acts_on
             if el["text"]["text"] == "Acknowledge" and json.loads(el["value"])["group"] == 16
         ]
         assert ack["action_id"].startswith("alert.ack~")  # repeated on the page, made unique
+        # A page reads only some columns of its alerts, the runbook and the query among them: group 16 has
+        # both (on two of its alerts), so its buttons are Runbook and Graph too; its neighbours have neither.
+        labels = {
+            json.loads(el["value"])["group"]: [e["text"]["text"] for e in b["elements"]]
+            for b in page.blocks
+            if b["type"] == "actions"
+            for el in b["elements"][:1]
+        }
+        assert "Runbook" in labels[16] and "Graph" in labels[16]
+        assert not {"Runbook", "Graph"} & {t for g, texts in labels.items() if g != 16 for t in texts}
+        [runbook] = [el for b in page.blocks if b["type"] == "actions" for el in b["elements"] if el.get("url")]
+        assert runbook["url"] == RUNBOOK
         await emu.send_action(
             h.url, user_id=ALICE, action_id=ack["action_id"], value=ack["value"], channel_id="C0ALERTS",
             message_ts=page.ts,
