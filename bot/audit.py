@@ -24,6 +24,8 @@ from bot.redact import Redactor
 from bot.store import one, rows
 
 GENESIS = "0" * 64
+TARGET_CHARS = 500  # of a row's target (a command line, a button's value) and reason, as stored
+REASON_CHARS = 1000
 
 
 class Outcome(enum.StrEnum):
@@ -168,8 +170,9 @@ class AuditLog:
 
         Made where the entry is recorded (the event loop), so the writer thread only links rows: under load
         the two threads take turns holding the interpreter, and the writer's share is what everyone waits for."""
-        target = self._redact.text(entry.target) if entry.target else entry.target
-        reason = self._redact.text(entry.reason) if entry.reason else entry.reason
+        # Masked whole, then cut: cut first, a secret across the cut would keep its first part.
+        target = self._redact.text(entry.target)[:TARGET_CHARS] if entry.target else entry.target
+        reason = self._redact.text(entry.reason)[:REASON_CHARS] if entry.reason else entry.reason
         detail = _detail(self._redact.value(dict(entry.detail)))
         outcome = str(entry.outcome)
         return _Row(

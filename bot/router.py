@@ -478,7 +478,7 @@ class Router:
             inv.actor,
             inv.channel,
             action,
-            self.services.redactor.text(text)[:500],
+            text,
             started,
             err,
             {"source": inv.source},
@@ -514,7 +514,7 @@ class Router:
             reply = await spec.handler(ctx, value)
         except Exception as e:  # reported and audited below
             err = e
-        failure = await self._finish(click.actor, click.channel, f"click:{action}", click.value[:300], started, err)
+        failure = await self._finish(click.actor, click.channel, f"click:{action}", click.value, started, err)
         return failure or reply
 
     async def submit(self, sub: Submission, surface: Surface, channel: str) -> v.Reply | None:

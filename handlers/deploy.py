@@ -661,7 +661,7 @@ async def _finish(services: Services, r: Release, state: str, message: str) -> R
                 Outcome.OK if state == "succeeded" else Outcome.ERROR,
                 r.channel,
                 r.title,
-                message[:300],
+                message,
                 {"release": r.id, "state": state},
             ),
         )

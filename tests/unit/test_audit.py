@@ -159,3 +159,18 @@ async def test_details_are_stored_as_json_dumps_writes_them(log) -> None:
     stored = await store.read(lambda db: rows(db, "SELECT detail FROM audit WHERE action = 'x.detail' ORDER BY id"))
     assert [r["detail"] for r in stored] == [json.dumps(d, sort_keys=True, default=str) for d in details]
     assert (await audit.verify()).ok
+
+
+async def test_long_targets_and_reasons_are_masked_whole_then_cut(log) -> None:
+    # A secret across the cut must not leave its first characters behind (cut first, "s3cr3t-va" would).
+    audit, store = log
+    from bot.audit import REASON_CHARS, TARGET_CHARS
+
+    target = "x" * (TARGET_CHARS - 4) + "s3cr3t-value and more"
+    reason = "y" * (REASON_CHARS - 3) + "s3cr3t-value"
+    await audit.record(AuditEntry("U1", "x.long", Outcome.ERROR, "C1", target, reason))
+    [row] = await store.read(lambda db: rows(db, "SELECT target, reason FROM audit WHERE action = 'x.long'"))
+    assert len(row["target"]) == TARGET_CHARS and len(row["reason"]) == REASON_CHARS
+    assert "s3c" not in row["target"] and "s3c" not in row["reason"]
+    assert row["target"].startswith("x" * (TARGET_CHARS - 4) + "[red")
+    assert (await audit.verify()).ok
