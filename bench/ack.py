@@ -50,6 +50,7 @@ class Options:
     keep: bool
     strict: bool
     results: Path
+    paired: bool = False
 
 
 @dataclass
@@ -81,19 +82,24 @@ class Round:
     hwm_kib: int = 0
     exit_code: int | None = None
     audit: dict[str, Any] | None = None
+    # --paired: the whole life of a process that served every slice (for the audit proof, not measured).
+    slices: list[load.WrkResult] = field(default_factory=list)
+
+    def _runs(self) -> list[load.WrkResult]:
+        return [r for r in (self.warmup, self.run, *self.slices) if r]
 
     @property
     def answered(self) -> int:
         """Requests answered as the check and wrk saw them."""
-        return 1 + sum(r.requests for r in (self.warmup, self.run) if r)
+        return (1 if self.check else 0) + sum(r.requests for r in self._runs())
 
     @property
     def wrk_runs(self) -> int:
-        return sum(1 for r in (self.warmup, self.run) if r)
+        return len(self._runs())
 
     @property
     def errors(self) -> int:
-        return sum(r.errors for r in (self.warmup, self.run) if r)
+        return sum(r.errors for r in self._runs())
 
     def _per_request(self, seconds: float) -> float:
         return seconds / self.run.requests * 1e6 if self.run and self.run.requests else 0.0
@@ -360,6 +366,64 @@ def measure_round(ctx: Context, target: Target, m: Measurement) -> Round:
     return rnd
 
 
+def measure_paired(ctx: Context, names: tuple[str, ...], results: dict[str, Measurement]) -> None:
+    """--paired: every server running at once (idle but for the one being driven), one warm-up each, then
+    `repeat` slices of `duration` seconds, each slice driving every server once, in turn.
+
+    A slice's servers are measured seconds apart, so a slowing of the host lands on all of them rather
+    than on the rounds of one, and the ratio of each slice is a fair pair; the order turns every slice."""
+    servers: dict[str, Server] = {}
+    lives: dict[str, Round] = {}
+    try:
+        for name in names:
+            work = ctx.tmp / f"{name}-paired"
+            work.mkdir()
+            servers[name] = TARGETS[name].start(ctx, work)
+            life = lives[name] = Round(0)
+            life.check = check_ack(ctx, servers[name], TARGETS[name])
+            print(f"{name}: {TARGETS[name].what}", flush=True)
+            life.warmup, _ = drive(ctx, servers[name], ctx.opts.warmup, "warm-up")
+        for i in range(ctx.opts.repeat):
+            busy = machine.wait_quiet(ctx.opts.quiet_wait)
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                rnd = Round(i, busy_before=busy)
+                rnd.run, rnd.cpu = drive(ctx, servers[name], ctx.opts.duration, f"{name} {i + 1}/{ctx.opts.repeat}")
+                rnd.rss_kib, rnd.hwm_kib = servers[name].status_kib("VmRSS"), servers[name].status_kib("VmHWM")
+                results[name].rounds.append(rnd)
+                lives[name].slices.append(rnd.run)
+    finally:
+        for name, server in servers.items():
+            lives.setdefault(name, Round(0)).exit_code = server.stop()
+    for name, server in servers.items():
+        life, m = lives[name], results[name]
+        if life.exit_code != 0:
+            m.problems.append(f"exited with {life.exit_code} on SIGTERM:\n{server.log_tail()}")
+        if life.errors:
+            m.problems.append(f"{life.errors} failed requests (non-2xx or socket errors)")
+        TARGETS[name].verify(ctx, ctx.tmp / f"{name}-paired", server, life, m)
+        if m.rounds and life.audit:
+            m.rounds[-1].audit = life.audit  # the proof covers the process's whole life, shown once
+
+
+def paired_ratios(results: dict[str, Measurement]) -> dict[str, Any] | None:
+    """opsloop/bolt throughput slice by slice (the same slice's two runs) and their median."""
+    if "opsloop" not in results or "bolt" not in results:
+        return None
+    pairs = [
+        o.run.rps / b.run.rps
+        for o, b in zip(results["opsloop"].rounds, results["bolt"].rounds, strict=False)
+        if o.run and b.run and b.run.rps
+    ]
+    if not pairs:
+        return None
+    return {
+        "opsloop/bolt": [round(x, 3) for x in pairs],
+        "median": round(statistics.median(pairs), 3),
+        "min": round(min(pairs), 3),
+        "max": round(max(pairs), 3),
+    }
+
+
 # --- the run -------------------------------------------------------------------------------------------
 
 
@@ -375,6 +439,11 @@ def _parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, database, Lua)")
     p.add_argument("--strict", action="store_true", help="exit 2 when the target is not met")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes")
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="all servers at once, --repeat slices of --duration s each driving every server in turn (see README)",
+    )
     a = p.parse_args(argv)
     servers = tuple(s.strip() for s in a.servers.split(",") if s.strip())
     unknown = [s for s in servers if s not in TARGETS]
@@ -383,7 +452,17 @@ def _parse_args(argv: list[str] | None) -> Options:
     if a.repeat < 1 or a.duration < 1 or a.warmup < 1:
         p.error("--repeat, --duration and --warmup must be at least 1")
     return Options(
-        a.duration, a.warmup, a.repeat, a.connections, a.threads, servers, a.quiet_wait, a.keep, a.strict, a.results
+        a.duration,
+        a.warmup,
+        a.repeat,
+        a.connections,
+        a.threads,
+        servers,
+        a.quiet_wait,
+        a.keep,
+        a.strict,
+        a.results,
+        a.paired,
     )
 
 
@@ -407,7 +486,13 @@ def run(opts: Options) -> dict[str, Any]:
     try:
         body = load.command_body(ACTOR, COMMAND_TEXT, f"http://127.0.0.1:{slack.port}/commands/T0TEST/1/bench")
         ctx = Context(opts, tmp, f"http://127.0.0.1:{slack.port}/api/", body)
-        for _ in range(opts.repeat):
+        if opts.paired:
+            try:
+                measure_paired(ctx, opts.servers, results)
+            except BenchError as err:
+                fatal.append(str(err))
+                print(f"!!! {err}", file=sys.stderr, flush=True)
+        for _ in range(0 if opts.paired else opts.repeat):
             for name in opts.servers:
                 print(f"{name}: {TARGETS[name].what}", flush=True)
                 try:
@@ -430,9 +515,11 @@ def run(opts: Options) -> dict[str, Any]:
         "connections": opts.connections,
         "threads": opts.threads,
         "request": f"/ops {COMMAND_TEXT} as {ACTOR}",
+        "paired": opts.paired,
     }
     servers = {name: m.to_json() for name, m in results.items() if any(r.run for r in m.rounds)}
-    return report.assemble(settings, machine.describe(wrk_path), servers, problems, slack_calls)
+    paired = paired_ratios(results) if opts.paired else None
+    return report.assemble(settings, machine.describe(wrk_path), servers, problems, slack_calls, paired)
 
 
 def main(argv: list[str] | None = None) -> int:
