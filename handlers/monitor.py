@@ -431,6 +431,11 @@ async def alerts(ctx: Ctx, filter: str | None) -> v.Reply:
     return v.Reply(v.Message(head, (v.Header(head), *chunks)))
 
 
+def _and(items: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 @group.command(
     "silence",
     c.rest("spec", metavar='MATCHERS DURATION "REASON"'),
@@ -443,16 +448,29 @@ async def silence(ctx: Ctx, spec: str) -> v.Reply:
     reasons = [t.text for t in tokens if t.quoted]
     rest = [t.text for t in tokens if not t.quoted]
     duration = None
+    why_not: str | None = None  # what a word that looks like a duration got wrong (`99y`, `0h`)
     for t in list(rest):
         try:
             duration = parse_duration(t)
             rest.remove(t)
             break
-        except ValueError:
-            continue
+        except ValueError as err:
+            if why_not is None and t[:1].isdigit():
+                why_not = str(err)
     usage = 'Usage: `silence MATCHERS DURATION "REASON"`, e.g. silence alertname=HighLatency 2h "deploying the fix"'
-    if duration is None or not reasons or not rest:
-        raise UsageError(f"I need matchers, a duration and a reason in quotes.\n{usage}")
+    if duration is None and why_not:
+        raise UsageError(f"{why_not}.\n{usage}")
+    missing = [
+        what
+        for what, there in (
+            ("label matchers (like `alertname=HighLatency`)", rest),
+            ("a duration (like `2h`)", duration is not None),
+            ("a reason in quotes", reasons),
+        )
+        if not there
+    ]
+    if missing or duration is None:
+        raise UsageError(f"I need {_and(missing)}.\n{usage}")
     matchers = parse_matchers(rest)
     until = datetime.fromtimestamp(ctx.clock.now() + duration.total_seconds(), tz=UTC)
     try:
