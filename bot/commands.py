@@ -398,6 +398,17 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
                 if p.optional:
                     args[p.name] = p.default
                     continue
+                # `deploy api to prod`: the version was left out and `to` taken for it; say so.
+                skipped = next(
+                    (
+                        q
+                        for q in positional[:idx]
+                        if q.kind is Kind.WORD and str(args.get(q.name, "")).lower() in p.choices
+                    ),
+                    None,
+                )
+                if skipped is not None:
+                    raise _usage_error(spec, f"Missing {skipped.usage()}.")
                 raise _usage_error(spec, f"`{tok.text}` is not one of {', '.join(p.choices)}.")
             value, i = low, i + 1
         elif p.kind is Kind.KEY:

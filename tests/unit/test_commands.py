@@ -243,3 +243,13 @@ def test_help_details_are_paragraphs_not_the_source_wrapping() -> None:
         "Steps:\n- checks run first, then approvals\n- the rollout\n1. one\n2) two"
     )
     assert c.CommandSpec("x", ("x",), (), _noop, "Only a summary.").details == ""
+
+
+def test_a_left_out_word_before_a_keyword_is_named_not_the_keyword_blamed() -> None:
+    # `deploy api to prod`: `to` was read as the version, then `prod` is not `to`; the version is what's missing.
+    with pytest.raises(UsageError, match=r"Missing VERSION\.") as err:
+        GRAMMAR.parse("deploy api to prod")
+    assert "is not one of" not in str(err.value)
+    with pytest.raises(UsageError, match=r"`staging` is not one of to\."):
+        GRAMMAR.parse("deploy api 1.2 staging prod")
+    assert GRAMMAR.parse("deploy api 1.2 to prod").args["version"] == "1.2"
