@@ -144,6 +144,7 @@ class CommandTarget:
 
     name = "command"
     resumable = False
+    operates = False
 
     def __init__(
         self,

@@ -269,6 +269,7 @@ class KubernetesTarget:
 
     name = "kubernetes"
     resumable = True
+    operates = True
 
     def __init__(
         self,

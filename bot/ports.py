@@ -671,6 +671,7 @@ class DeployTarget(Protocol):
 
     name: str
     resumable: bool  # can `resume` re-attach to a rollout after a restart
+    operates: bool  # can `scale` and `restart` the workload (a command target can't)
 
     async def running_version(self, spec: TargetSpec) -> str | None: ...
 

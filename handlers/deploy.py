@@ -28,7 +28,7 @@ from bot.clock import iso
 from bot.config import ApprovalRule
 from bot.context import Ctx, Services
 from bot.durations import format_duration
-from bot.errors import Conflict, NotAllowed, UsageError
+from bot.errors import Conflict, NotAllowed, UsageError, UserError
 from bot.jobs import JobCtx
 from bot.ports import AdapterError, DeployProgress, DeployResult, WorkloadStatus
 from bot.releases import (
@@ -271,7 +271,10 @@ async def request(
     ctx.service(service)
     rules = environment(ctx.config, env)
     spec = target_spec(ctx.config, service, env)
-    target_for(ctx.services, spec)
+    target = target_for(ctx.services, spec)
+    if action in ("scale", "restart") and not target.operates:
+        # Said now, not after someone approved a release that could only fail.
+        raise UserError(f"{service} in {env} is deployed by a command, which can't {action} it: use its own tools.")
     if version is not None and not _VERSION.match(version):
         raise UsageError(f"`{version}` is not a version (letters, digits, `.`, `-`, `_`, `+`).")
     glass = await _break_glass(ctx, env, force, reason)

@@ -225,6 +225,11 @@ async def test_a_rollback_by_hand_that_fails_during_the_bake_leaves_the_release_
         shown = json.dumps(answer(h, await h.command("status shop", user=BOB)), ensure_ascii=False)
         assert "*staging*: `1.2.0`" in shown and "*prod*: `1.2.0`" in shown
         assert "reports only the version it last deployed" in shown and "ready" not in shown
+        # It can't scale or restart either: said at once, before anyone is asked to approve a release.
+        for command in ("restart shop prod", "scale shop prod 3"):
+            said = json.dumps(answer(h, await h.command(command, user=BOB)), ensure_ascii=False)
+            assert "deployed by a command, which can't" in said, said
+        assert [c for c in release_cards(h) if "Restart" in c.text or "Scale" in c.text] == []
 
 
 async def test_kubernetes_rollout_progress_on_the_card_then_an_image_pull_failure_and_its_rollback(
