@@ -296,7 +296,7 @@ class Approvals:
                     Outcome.REQUESTED,
                     channel,
                     subject.key,
-                    f"needs {rule.required} approval(s) from {rule.from_}",
+                    f"needs {v.count(rule.required, 'approval')} from {rule.from_}",
                     {"approval": approval_id},
                 ),
             )

@@ -147,6 +147,11 @@ class HomeView:
     blocks: tuple[Block, ...] = field(default_factory=tuple)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 approval`, `2 approvals` (`plural` for nouns that don't take an s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def esc(text: str) -> str:
     """Escape user-supplied text for mrkdwn, so `<!channel>` or `<@U1>` typed by someone stays text."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

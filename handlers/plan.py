@@ -147,7 +147,7 @@ async def _done(ctx: Ctx, key: str) -> v.Reply:
         if not created:
             return v.Reply.text(f"{item.key} already waits for approval (request `{approval.id}`).")
         return v.Reply.text(
-            f"{item.key} is critical: closing it needs {rule.required} approval(s) from `{rule.from_}`. "
+            f"{item.key} is critical: closing it needs {v.count(rule.required, 'approval')} from `{rule.from_}`. "
             f"I asked in {where} (request `{approval.id}`)."
         )
     item = await tracker.close(item.key, ctx.actor)

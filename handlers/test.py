@@ -163,7 +163,7 @@ async def smoke(ctx: Ctx, service: str, env: str) -> v.Reply:
         ),
         key=f"smoke:{job_id}",
     )
-    return v.Reply.text(f"Checking {len(pages)} page(s) of {service} in {env}; the result replaces the card.")
+    return v.Reply.text(f"Checking {v.count(len(pages), 'page')} of {service} in {env}; the result replaces the card.")
 
 
 @group.job("test.smoke")

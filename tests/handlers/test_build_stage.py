@@ -260,7 +260,7 @@ async def test_smoke_check_in_a_real_browser(tmp_path: Path, emu: SlackEmulator)
     try:
         async with slack_ops(tmp_path, emu, **cfg) as h:
             res = await emu.send_command(h.url, "test smoke web staging", user_id=ALICE)
-            assert "Checking 1 page(s)" in res.body_text
+            assert "Checking 1 page of" in res.body_text
             await h.services.jobs.wait_idle(timeout=60)
             await h.settle()
             res = await emu.send_command(h.url, "test smoke web prod", user_id=ALICE)

@@ -153,3 +153,10 @@ def test_any_view_model_renders_to_blocks_slack_accepts(blocks: list[v.Block], t
     payload = rendering.message(v.Message(text, tuple(blocks)))
     assert validate_blocks(payload["blocks"]) == []
     assert 1 <= len(payload["text"]) <= 3000
+
+
+def test_counts_agree_with_their_number() -> None:
+    from bot import views as v
+
+    assert [v.count(n, "approval") for n in (0, 1, 2)] == ["0 approvals", "1 approval", "2 approvals"]
+    assert v.count(3, "person", "people") == "3 people" and v.count(1, "person", "people") == "1 person"
