@@ -16,6 +16,7 @@ from bot import __version__
 from bot.config import Config, Env, database_path, json_schema, load_config
 from bot.errors import ConfigError, StartupError
 from bot.redact import RedactingFilter, Redactor
+from bot.views import count
 
 log = logging.getLogger("opsloop")
 
@@ -66,7 +67,7 @@ def setup_logging(level: int, redactor: Redactor) -> None:
 
 
 def _print_config_error(err: ConfigError) -> int:
-    print(f"opsloop: the configuration has {len(err.problems)} problem(s) ({err.source}):", file=sys.stderr)
+    print(f"opsloop: the configuration has {count(len(err.problems), 'problem')} ({err.source}):", file=sys.stderr)
     for path, msg in err.problems:
         print(f"  {path}: {msg}", file=sys.stderr)
     return 2
@@ -214,7 +215,7 @@ async def _check(config: Config, env: Env) -> int:
                 report(False, where, f"{err}; check its url and credentials")
         await tools.close()
     pool.close()
-    print(f"{failures} problem(s)" if failures else "all checks passed")
+    print(count(failures, "problem") if failures else "all checks passed")
     return 1 if failures else 0
 
 
