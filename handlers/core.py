@@ -62,13 +62,19 @@ def _build_help(ctx: Ctx, topic: str | None) -> v.Reply:
 async def whoami(ctx: Ctx) -> v.Reply:
     """Show your user id, your roles and what you may approve."""
     roles = sorted(await ctx.policy.roles_of(ctx.actor))
-    approvable = sorted(k for k, rule in ctx.config.approvals.items() if rule.from_ in roles)
+    approvable = [f"`{k}`" for k, rule in sorted(ctx.config.approvals.items()) if rule.from_ in roles]
+    # Releases are approved by environment (environments.ENV.approvals), not by a key of `approvals:`.
+    approvable += [
+        f"releases to `{env}`"
+        for env, rules in ctx.config.environments.items()
+        if rules.approvals.required and rules.approvals.from_ in roles
+    ]
     person = await ctx.directory.person(ctx.actor)
     fields = (
         ("User", f"<@{ctx.actor}> (`{ctx.actor}`)"),
         ("Name", v.esc(person.name)),
         ("Roles", ", ".join(f"`{r}`" for r in roles) or "none (everyone's commands only)"),
-        ("May approve", ", ".join(f"`{k}`" for k in approvable) or "nothing"),
+        ("May approve", ", ".join(approvable) or "nothing"),
     )
     return v.Reply(v.Message(f"You are {person.name}", (v.Section(fields=fields),)))
 

@@ -71,6 +71,22 @@ async def test_help_is_generated_and_typos_get_suggestions(tmp_path: Path) -> No
         assert "approvers" in out and "plan.done" in out
 
 
+async def test_whoami_names_the_environments_whose_releases_one_may_approve(tmp_path: Path) -> None:
+    environments = {
+        "staging": {},
+        "prod": {"approvals": {"required": 2, "from": "approvers"}},
+        "dr": {"approvals": {"required": 1, "from": "admins"}},
+    }
+    async with console_ops(tmp_path, environments=environments) as h:
+        out = await h.say("whoami", as_user="carol")  # an approver through @sre
+        assert "plan.done" in out and "releases to prod" in out
+        assert "releases to dr" not in out and "releases to staging" not in out
+        out = await h.say("whoami", as_user="alice")
+        assert "releases to dr" in out and "releases to prod" not in out and "plan.done" not in out
+        out = await h.say("whoami", as_user="eve")
+        assert "May approve" in out and "nothing" in out
+
+
 async def test_feedback_is_kept_and_promoted_once(tmp_path: Path) -> None:
     async with console_ops(tmp_path) as h:
         out = await h.say('feedback "Deploy cards should show the diff"', as_user="eve")
