@@ -56,7 +56,9 @@ _RETRYABLE = {
     "request_timeout",
     "team_added_to_org",
 }
-_MENTION_PREFIX = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*")
+# What comes before a command typed in chat: the mention that addressed opsloop, or `/ops` typed out of
+# habit in a direct message (Slack does not run slash commands written mid-message).
+_SAID_PREFIX = re.compile(r"^\s*(?:<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*|/ops\b\s*)")
 
 
 def web_client(token: str, api_url: str, timeout: int = 10) -> AsyncWebClient:
@@ -591,16 +593,17 @@ class SlackFrontend:
 
         @app.event("app_mention")
         async def on_mention(event: dict[str, Any], body: dict[str, Any]) -> None:
-            self._spawn(mention(event, body))
+            # Answered in a thread of the message, so a channel sees one line for the question.
+            self._spawn(said_to_me(event, body, "mention", event.get("thread_ts") or event.get("ts")))
 
-        async def mention(event: dict[str, Any], body: dict[str, Any]) -> None:
+        async def said_to_me(event: dict[str, Any], body: dict[str, Any], source: str, thread: str | None) -> None:
+            """A command typed in chat (a mention, or a direct message): run it and post the answer there."""
             if not await self._first_delivery(body):
                 return
-            text = _MENTION_PREFIX.sub("", str(event.get("text", "")), count=1)
+            text = _SAID_PREFIX.sub("", str(event.get("text", "")), count=1)
             channel = str(event.get("channel", ""))
-            thread = event.get("thread_ts") or event.get("ts")
             inv = Invocation(
-                actor=str(event.get("user", "")), channel=channel, text=text, source="mention", thread_ts=thread
+                actor=str(event.get("user", "")), channel=channel, text=text, source=source, thread_ts=thread
             )
             reply = await self.router.command(inv, self.surface)
             await self.services.post(channel, reply.message, thread_ts=thread)
@@ -617,10 +620,14 @@ class SlackFrontend:
 
         @app.event("message")
         async def on_message(event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
-            # DMs with the app are only subscribed for the Messages tab; channel messages are offered
-            # to the stages (an item key pasted in a channel). Edits, joins and bots are not people
-            # talking, and a message that mentions opsloop is answered as a command (app_mention).
-            if event.get("channel_type") == "im" or event.get("subtype") not in (None, "thread_broadcast"):
+            # A direct message (the app's Messages tab) is a command, as a mention is; channel messages
+            # are offered to the stages (an item key pasted in a channel). Edits, joins and bots are not
+            # people talking, and a message that mentions opsloop is answered as a command (app_mention).
+            if event.get("channel_type") == "im":
+                if event.get("subtype") is None and not event.get("bot_id") and event.get("user"):
+                    self._spawn(said_to_me(event, body, "dm", event.get("thread_ts")))
+                return
+            if event.get("subtype") not in (None, "thread_broadcast"):
                 return
             if event.get("bot_id") or not self.router.events.get("message"):
                 return

@@ -32,7 +32,7 @@ def _build_help(ctx: Ctx, topic: str | None) -> v.Reply:
     if topic is None:
         blocks: list[v.Block] = [
             v.Header("opsloop commands"),
-            v.Context(("Type `/ops COMMAND` or mention me. `help STAGE` for details.",)),
+            v.Context(("Type `/ops COMMAND`, mention me, or message me directly. `help STAGE` for details.",)),
         ]
         for g in groups:
             lines = [f"`{s.usage()}` — {s.summary}" for s in g.commands if not s.hidden]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +109,32 @@ async def test_mentions_answer_in_a_thread_and_event_retries_are_ignored(tmp_pat
         assert first.status == 200 and again.status == 200
         replies = [m for m in emu.messages("C0OPS") if m.thread_ts == event["ts"]]
         assert len(replies) == 1 and "No plan items yet" in replies[0].text
+
+
+async def test_a_direct_message_is_a_command_answered_in_the_conversation(tmp_path: Path, emu: SlackEmulator) -> None:
+    async with slack_ops(tmp_path, emu) as h:
+
+        def dm_event(text: str, **extra: Any) -> dict[str, Any]:
+            msg = emu.add_user_message(BOB, text, user_id=BOB)  # BOB's DM with the app (its Messages tab)
+            event = {"type": "message", "channel": msg.channel, "channel_type": "im", "user": BOB, "text": text}
+            return {**event, "ts": msg.ts, "event_ts": msg.ts, **extra}
+
+        event = dm_event("/ops plan list all")  # `/ops` typed out of habit is dropped
+        first = await emu.send_event(h.url, event, event_id="EvDM1")
+        await emu.send_event(h.url, event, event_id="EvDM1", headers={"X-Slack-Retry-Num": "1"})
+        await h.settle()
+        assert first.status == 200
+        answers = [m for m in emu.messages(BOB) if m.user != BOB]
+        assert len(answers) == 1 and "No plan items yet" in answers[0].text and answers[0].thread_ts is None
+        # Bots (opsloop's own posts included) and edits are not commands.
+        await emu.send_event(h.url, dm_event("help", bot_id="B0OTHER"), event_id="EvDM2")
+        await emu.send_event(h.url, dm_event("help", subtype="message_changed"), event_id="EvDM3")
+        await h.settle()
+        assert len([m for m in emu.messages(BOB) if m.user != BOB]) == 1
+        audited = await h.services.store.read(
+            lambda db: rows(db, "SELECT actor, detail FROM audit WHERE action = 'plan.list'")
+        )
+        assert [r["actor"] for r in audited] == [BOB] and json.loads(audited[0]["detail"])["source"] == "dm"
 
 
 async def test_app_home_is_published_when_opened(tmp_path: Path, emu: SlackEmulator) -> None:
