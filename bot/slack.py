@@ -58,7 +58,7 @@ _RETRYABLE = {
 }
 # What comes before a command typed in chat: the mention that addressed opsloop, or `/ops` typed out of
 # habit in a direct message (Slack does not run slash commands written mid-message).
-_SAID_PREFIX = re.compile(r"^\s*(?:<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*|/ops\b\s*)")
+_SAID_PREFIX = re.compile(r"^\s*(?:<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*)?(?:/ops\b\s*)?")
 
 
 def web_client(token: str, api_url: str, timeout: int = 10) -> AsyncWebClient:

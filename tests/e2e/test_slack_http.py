@@ -102,7 +102,7 @@ async def test_usergroup_membership_is_cached(tmp_path: Path, emu: SlackEmulator
 
 async def test_mentions_answer_in_a_thread_and_event_retries_are_ignored(tmp_path: Path, emu: SlackEmulator) -> None:
     async with slack_ops(tmp_path, emu) as h:
-        event = emu.app_mention_event("<@UBOT> plan list all", user_id=BOB, channel_id="C0OPS")
+        event = emu.app_mention_event("<@UBOT> /ops plan list all", user_id=BOB, channel_id="C0OPS")
         first = await emu.send_event(h.url, event, event_id="Ev123")
         again = await emu.send_event(h.url, event, event_id="Ev123", headers={"X-Slack-Retry-Num": "1"})
         await h.settle()
