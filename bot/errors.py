@@ -57,7 +57,8 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         lines = "\n".join(f"  {path}: {msg}" for path, msg in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+        n = len(problems)
+        super().__init__(f"{source}: {n} problem{'' if n == 1 else 's'}\n{lines}")
 
 
 class StartupError(Exception):
