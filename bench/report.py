@@ -161,7 +161,8 @@ def table(data: dict[str, Any]) -> str:
     ]
     if paired := data.get("paired"):
         each = ", ".join(f"{x:.2f}" for x in paired["opsloop/bolt"])
-        lines.append(f"paired slices: opsloop/bolt throughput median {paired['median']:.2f} ({each})")
+        interval = "95 % interval {:.2f}–{:.2f}; ".format(*paired["median_95"]) if "median_95" in paired else ""
+        lines.append(f"paired slices: opsloop/bolt throughput median {paired['median']:.2f} ({interval}slices {each})")
     lines.append(_target_line(data["target"]))
     if "opsloop" in servers and (audit := _audit_line(servers["opsloop"])):
         lines.append(audit)
