@@ -216,7 +216,23 @@ def on_approval_change(services: Services, db: Database, a: Approval, now: float
                 f"Another release of {r.service} in {r.env} is running; approve this one after it."
             ) from None
         r = load_in(db, r.id)
+        _tell_requester_in(services, db, r, a)
     show_in(services, db, r, now)
+
+
+def _tell_requester_in(services: Services, db: Database, r: Release, a: Approval) -> None:
+    """The decision in the release thread, to the requester by name: a mention notifies, an edited card does not."""
+    voters = ", ".join(f"<@{x.user}>" for x in a.votes if x.vote == "approve") or "the approvers"
+    text = {
+        "approved": f"✅ <@{r.requester}>, approved by {voters}: starting now.",
+        "rejected": f"🚫 <@{r.requester}>, {a.decided_reason or 'rejected'}.",
+        "expired": f"⌛ <@{r.requester}>, nobody approved it in time. Ask again when it is still wanted.",
+        "cancelled": f"<@{r.requester}>, {r.message}",
+    }.get(r.state)
+    if text:
+        services.post_in(
+            db, r.channel, v.Message(text, (v.Section(text),)), thread_key=r.key, dedupe=f"{r.key}:decided"
+        )
 
 
 group.approval(

@@ -172,6 +172,8 @@ async def test_request_checks_card_approvals_rollout_and_automatic_rollback_on_a
         assert "1 of 2" in card_now(h, card) and deploys(tmp_path) == ["shop 1.2.0 staging"]
         await approve(h, card, DAVE)
         assert "carrying it out" in last_ephemeral(h, DAVE)
+        # The requester hears it by name in the thread (an edited card notifies nobody).
+        assert "<@U0BOB>, approved by <@U0CAROL>, <@U0DAVE>: starting now." in thread_text(h, card)
 
         text = await card_shows(h, card, "🍞 baking")
         assert "deploy.sh deployed 1.2.0: exit code 0" in text and "<@U0CAROL> ✅, <@U0DAVE> ✅" in text
@@ -230,6 +232,29 @@ async def test_a_rollback_by_hand_that_fails_during_the_bake_leaves_the_release_
             said = json.dumps(answer(h, await h.command(command, user=BOB)), ensure_ascii=False)
             assert "deployed by a command, which can't" in said, said
         assert [c for c in release_cards(h) if "Restart" in c.text or "Scale" in c.text] == []
+
+
+async def test_a_rejected_or_expired_release_is_told_to_its_requester_in_the_thread(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    clock = FakeClock()
+    async with scripted_shop(tmp_path, emu, clock) as h:
+        await h.command("deploy shop 1.2.0 to staging", user=BOB)
+        await h.command("deploy shop 1.2.0 to prod", user=BOB)
+        card = card_of(h, "Deploy shop 1.2.0 → prod")
+        await click(h, C, card.ts, "Reject", CAROL, jobs=False)
+        await card_shows(h, card, "rejected")
+        told = [m for m in emu.replies(C, card.ts) if "<@U0BOB>, rejected by <@U0CAROL>." in m.text]
+        assert len(told) == 1
+        assert deploys(tmp_path) == ["shop 1.2.0 staging"]
+
+        await h.command("deploy shop 1.2.0 to prod", user=BOB)
+        [again] = [m for m in release_cards(h) if "→ prod" in m.text and m.ts != card.ts]
+        clock.advance(31 * 60)  # prod's approvals expire after 30 minutes
+        await h.services.approvals.expire_due()
+        await h.settle(jobs=False)
+        await card_shows(h, again, "expired")
+        assert "<@U0BOB>, nobody approved it in time." in thread_text(h, again)
 
 
 async def test_kubernetes_rollout_progress_on_the_card_then_an_image_pull_failure_and_its_rollback(
