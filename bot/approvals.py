@@ -148,6 +148,20 @@ def load_in(db: Database, approval_id: str) -> Approval | None:
     return _load(db, approval_id)
 
 
+def decision_notice(a: Approval) -> v.Message | None:
+    """What the requester is told by name when their request is decided (None while it is pending): the
+    card changes in place, and an edit notifies nobody."""
+    who = f"<@{a.requester}>"
+    voters = ", ".join(f"<@{x.user}>" for x in a.votes if x.vote == "approve") or "the approvers"
+    text = {
+        ApprovalState.APPROVED: f"✅ {who}, approved by {voters}: carrying it out.",
+        ApprovalState.REJECTED: f"🚫 {who}, {a.decided_reason or 'rejected'}.",
+        ApprovalState.EXPIRED: f"⌛ {who}, nobody approved it in time. Ask again when it is still wanted.",
+        ApprovalState.VOID: f"{who}, the approvals are void ({a.decided_reason or 'no reason given'}). Ask again.",
+    }.get(a.state)
+    return v.Message(text, (v.Section(text),)) if text else None
+
+
 def card(a: Approval, now: float) -> v.Message:
     """The approval card: what, who asked, the rule, the votes so far, and buttons while pending."""
     head = {
@@ -364,6 +378,14 @@ class Approvals:
             )
         else:
             self._outbox.update_in(db, a.card_key, rendering.message(card(a, now)))
+            if (notice := decision_notice(a)) is not None:
+                self._outbox.post_in(
+                    db,
+                    a.channel or "",
+                    rendering.message(notice),
+                    thread_key=a.card_key,
+                    dedupe=f"{a.card_key}:decided",
+                )
 
     async def vote(
         self,

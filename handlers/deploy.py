@@ -21,7 +21,7 @@ from sqlite_utils import Database
 
 from bot import commands as c
 from bot import views as v
-from bot.approvals import Approval, ApprovalState, Subject
+from bot.approvals import Approval, ApprovalState, Subject, decision_notice
 from bot.approvals import load_in as load_approval
 from bot.audit import AuditEntry, Outcome
 from bot.clock import iso
@@ -221,18 +221,10 @@ def on_approval_change(services: Services, db: Database, a: Approval, now: float
 
 
 def _tell_requester_in(services: Services, db: Database, r: Release, a: Approval) -> None:
-    """The decision in the release thread, to the requester by name: a mention notifies, an edited card does not."""
-    voters = ", ".join(f"<@{x.user}>" for x in a.votes if x.vote == "approve") or "the approvers"
-    text = {
-        "approved": f"✅ <@{r.requester}>, approved by {voters}: starting now.",
-        "rejected": f"🚫 <@{r.requester}>, {a.decided_reason or 'rejected'}.",
-        "expired": f"⌛ <@{r.requester}>, nobody approved it in time. Ask again when it is still wanted.",
-        "cancelled": f"<@{r.requester}>, {r.message}",
-    }.get(r.state)
-    if text:
-        services.post_in(
-            db, r.channel, v.Message(text, (v.Section(text),)), thread_key=r.key, dedupe=f"{r.key}:decided"
-        )
+    """The decision in the release thread, to the requester by name (see `decision_notice`)."""
+    notice = decision_notice(a)
+    if notice is not None:
+        services.post_in(db, r.channel, notice, thread_key=r.key, dedupe=f"{r.key}:decided")
 
 
 group.approval(

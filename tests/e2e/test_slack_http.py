@@ -86,7 +86,10 @@ async def test_plan_card_approval_and_update_in_place(tmp_path: Path, emu: Slack
         assert "✅ done" in json.dumps(card_now.blocks, ensure_ascii=False)
         assert card_now.edited_count >= 1 and len(emu.messages("C0OPS")) == 1  # edited, never re-posted
         assert "Approved: plan.done" in json.dumps(emu.message("C0APR", approval.ts).blocks)
-        assert [m.text for m in emu.replies("C0APR", approval.ts)] == ["OPS-1 is closed."]
+        assert [m.text for m in emu.replies("C0APR", approval.ts)] == [
+            "✅ <@U0ALICE>, approved by <@U0CAROL>: carrying it out.",
+            "OPS-1 is closed.",
+        ]
         actions = [(r["actor"], r["action"], r["outcome"]) for r in await audit_rows(h)]
         assert (DAVE, "click:approval.approve", "refused") in actions
         assert (CAROL, "approval.approve", "approved") in actions

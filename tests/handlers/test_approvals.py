@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from bot.clock import FakeClock
@@ -98,6 +99,14 @@ async def test_a_changed_subject_voids_the_approval(tmp_path: Path) -> None:
         assert await item_status(h) == "open"
 
 
+async def told_in_thread(h: ConsoleHarness, aid: str) -> list[str]:
+    """The texts posted in the thread of request `aid`'s card."""
+    found = await h.services.store.read(
+        lambda db: rows(db, "SELECT payload FROM outbox WHERE thread_key = ? ORDER BY id", (f"approval:{aid}",))
+    )
+    return [json.loads(r["payload"])["text"] for r in found]
+
+
 async def test_reject_closes_the_request(tmp_path: Path) -> None:
     async with console_ops(tmp_path) as h:
         aid = await critical_item(h)
@@ -106,6 +115,18 @@ async def test_reject_closes_the_request(tmp_path: Path) -> None:
         r = await h.ops.router.click(approve(h, CAROL, aid), h.ops.surface)
         assert r is not None and "already rejected" in r.message.text
         assert await item_status(h) == "open"
+        # The requester hears it by name, once, in the card's thread (an edited card notifies nobody).
+        assert await told_in_thread(h, aid) == ["🚫 <@U0ALICE>, rejected by <@U0BOB>."]
+
+
+async def test_the_requester_is_told_who_approved(tmp_path: Path) -> None:
+    async with console_ops(tmp_path, approvals=TWO) as h:
+        aid = await critical_item(h)
+        for user in (BOB, CAROL, CAROL):
+            await h.ops.router.click(approve(h, user, aid), h.ops.surface)
+        await h.services.jobs.wait_idle()
+        told = await told_in_thread(h, aid)
+        assert told == ["✅ <@U0ALICE>, approved by <@U0BOB>, <@U0CAROL>: carrying it out.", "OPS-1 is closed."]
 
 
 async def test_asking_twice_joins_the_open_request(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ async def test_request_checks_card_approvals_rollout_and_automatic_rollback_on_a
         await approve(h, card, DAVE)
         assert "carrying it out" in last_ephemeral(h, DAVE)
         # The requester hears it by name in the thread (an edited card notifies nobody).
-        assert "<@U0BOB>, approved by <@U0CAROL>, <@U0DAVE>: starting now." in thread_text(h, card)
+        assert "<@U0BOB>, approved by <@U0CAROL>, <@U0DAVE>: carrying it out." in thread_text(h, card)
 
         text = await card_shows(h, card, "🍞 baking")
         assert "deploy.sh deployed 1.2.0: exit code 0" in text and "<@U0CAROL> ✅, <@U0DAVE> ✅" in text

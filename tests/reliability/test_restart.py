@@ -157,9 +157,13 @@ async def test_kill_while_an_approval_waits_then_approve_once(tmp_path: Path) ->
         await emu.wait_for(
             lambda: "✅ done" in json.dumps(emu.message("C0OPS", card.ts).blocks, ensure_ascii=False), timeout=20
         )
-        await emu.wait_for(lambda: len(emu.replies("C0APR", approval.ts)) >= 1, timeout=20)
+        await emu.wait_for(lambda: len(emu.replies("C0APR", approval.ts)) >= 2, timeout=20)
         await asyncio.sleep(1.0)
-        assert [m.text for m in emu.replies("C0APR", approval.ts)] == ["OPS-1 is closed."]
+        # Each said once: the requester told who approved, and the action's result.
+        assert [m.text for m in emu.replies("C0APR", approval.ts)] == [
+            "✅ <@U0ALICE>, approved by <@U0BOB>: carrying it out.",
+            "OPS-1 is closed.",
+        ]
         assert len(emu.top_level("C0OPS")) == 1 and len(emu.top_level("C0APR")) == 1
         assert "Approved: plan.done" in json.dumps(emu.message("C0APR", approval.ts).blocks)
         already = [e.text for e in emu.ephemerals if e.user == BOB]
