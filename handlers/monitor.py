@@ -162,6 +162,12 @@ async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: s
     return f"Silenced {', '.join(str(m) for m in matchers)} for {format_duration(duration)} (silence `{silence_id}`)."
 
 
+async def _create_silence(ctx: Ctx, matchers: list[Matcher], until: float, reason: str) -> str:
+    """A silence in Alertmanager, made in the name of the person asking; its id."""
+    ends = datetime.fromtimestamp(until, tz=UTC)
+    return await _am(ctx.services).silence(matchers, ends, created_by=f"opsloop:{ctx.actor}", comment=reason)
+
+
 async def _silence_for(ctx: Ctx, group_id: int, matchers: list[Matcher], until: float, reason: str) -> str:
     """Create the group's silence in Alertmanager and show it on the card; its id.
 
@@ -169,9 +175,8 @@ async def _silence_for(ctx: Ctx, group_id: int, matchers: list[Matcher], until: 
     silence; a refusal gives the claim back and leaves the card as it was."""
     if not await _claim(ctx, group_id, "silence_id"):
         raise Conflict(f"Group {group_id} is already silenced (or being silenced by someone else right now).")
-    ends = datetime.fromtimestamp(until, tz=UTC)
     try:
-        silence_id = await _am(ctx.services).silence(matchers, ends, created_by=f"opsloop:{ctx.actor}", comment=reason)
+        silence_id = await _create_silence(ctx, matchers, until, reason)
     except BaseException as err:
         await _unclaim(ctx, group_id, "silence_id")
         if isinstance(err, AdapterError):
@@ -472,21 +477,19 @@ async def silence(ctx: Ctx, spec: str) -> v.Reply:
     if missing or duration is None:
         raise UsageError(f"I need {_and(missing)}.\n{usage}")
     matchers = parse_matchers(rest)
-    until = datetime.fromtimestamp(ctx.clock.now() + duration.total_seconds(), tz=UTC)
+    until = ctx.clock.now() + duration.total_seconds()
     try:
-        silence_id = await _am(ctx.services).silence(
-            matchers, until, created_by=f"opsloop:{ctx.actor}", comment=reasons[0]
-        )
+        silence_id = await _create_silence(ctx, matchers, until, reasons[0])
     except AdapterError as err:
         raise _silence_failed(err) from None
     await ctx.audit(
         "monitor.silence.created",
         Outcome.OK,
         target=silence_id,
-        detail={"matchers": [str(m) for m in matchers], "until": until.isoformat()},
+        detail={"matchers": [str(m) for m in matchers], "until": datetime.fromtimestamp(until, tz=UTC).isoformat()},
     )
     return v.Reply.text(
-        f"Silence `{silence_id}` on {' '.join(str(m) for m in matchers)} until {iso(until.timestamp())}.", public=True
+        f"Silence `{silence_id}` on {' '.join(str(m) for m in matchers)} until {iso(until)}.", public=True
     )
 
 
