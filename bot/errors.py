@@ -6,6 +6,8 @@ bug: the user gets a short apology with an error id and the traceback goes to th
 
 from __future__ import annotations
 
+from bot.views import count
+
 
 class UserError(Exception):
     """A problem the user can act on; `str(err)` is the whole message."""
@@ -57,8 +59,7 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         lines = "\n".join(f"  {path}: {msg}" for path, msg in problems)
-        n = len(problems)
-        super().__init__(f"{source}: {n} problem{'' if n == 1 else 's'}\n{lines}")
+        super().__init__(f"{source}: {count(len(problems), 'problem')}\n{lines}")
 
 
 class StartupError(Exception):
