@@ -168,8 +168,9 @@ class AuditLog:
     def _prepare(self, entry: AuditEntry, at: float) -> _Row:
         """Everything of a row but its place in the chain: redacted, and its hashed text but for the id.
 
-        Made where the entry is recorded (the event loop), so the writer thread only links rows: under load
-        the two threads take turns holding the interpreter, and the writer's share is what everyone waits for."""
+        Made where the entry is recorded (the event loop), so the writer thread only links rows: every caller
+        waits for the writer's round trip, so its share is on each request's path (paired runs: more
+        throughput with the work here than on the writer)."""
         # Masked whole, then cut: cut first, a secret across the cut would keep its first part.
         target = self._redact.text(entry.target)[:TARGET_CHARS] if entry.target else entry.target
         reason = self._redact.text(entry.reason)[:REASON_CHARS] if entry.reason else entry.reason
