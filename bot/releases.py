@@ -550,10 +550,12 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
                 v.Context((f"expires in {format_duration(timedelta(seconds=max(0, int(a.expires_at - now))))}",))
             )
     # After a failed deploy the target may be half changed (pods that can't pull their image): rolling
-    # back is what one wants then, as after a success or during the bake.
-    if (r.state in ("baking", "succeeded") and r.action in ("deploy", "rollback")) or (
-        r.state == "failed" and r.action == "deploy"
-    ):
+    # back is what one wants then, as after a success or during the bake. Not when nothing ran before it:
+    # there is nothing to go back to, and a button that can only answer "which version?" misleads.
+    if (
+        (r.state in ("baking", "succeeded") and r.action in ("deploy", "rollback"))
+        or (r.state == "failed" and r.action == "deploy")
+    ) and r.from_version is not None:
         buttons.append(
             v.Button(
                 "Rollback",

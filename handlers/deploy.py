@@ -924,17 +924,12 @@ async def _rollback(ctx: Ctx, service: str, env: str, version: str | None, of: i
             of = int(last["id"])
     spec = target_spec(ctx.config, service, env)
     if version is None and spec.kind == "command":
-        last = await ctx.store.read(
-            lambda db: one(
-                db,
-                "SELECT from_version FROM releases WHERE service = ? AND env = ? AND action = 'deploy' AND"
-                " from_version IS NOT NULL ORDER BY id DESC LIMIT 1",
-                (service, env),
-            )
-        )
-        version = last["from_version"] if last else None
-        if version is None:
+        # A command target has no revisions of its own: go back to what ran before the release undone. Not
+        # the newest deploy's "before": a refused or failed one names what runs now.
+        undone = await load(ctx.services, of) if of is not None else None
+        if undone is None or not undone.from_version or undone.from_version == undone.version:
             raise UsageError(f"Say which version: `rollback {service} {env} to VERSION` (no earlier version is known).")
+        version = undone.from_version
     return await request(ctx, "rollback", service, env, version=version, rollback_of=of)
 
 
@@ -1001,7 +996,12 @@ async def lock(ctx: Ctx, env: str, reason: str | None) -> v.Reply:
         )
     except sqlite3.IntegrityError:
         raise Conflict(f"Someone locked {env} a moment ago.") from None
-    return v.Reply.text(f"🔒 You hold {env}." + (f" ({v.esc(reason)})" if reason else ""), public=True)
+    # Said to the channel, so in the third person: "You hold" would read as everyone's lock.
+    why = f": {v.esc(reason)}" if reason else ""
+    return v.Reply.text(
+        f"🔒 <@{ctx.actor}> holds {env}{why}. Deploys there by anyone else are refused until `unlock {env}`.",
+        public=True,
+    )
 
 
 @group.command("unlock", c.word("env"), id="deploy.unlock", examples=("unlock prod",))
@@ -1014,7 +1014,8 @@ async def unlock(ctx: Ctx, env: str) -> v.Reply:
     if holder.holder != ctx.actor and not set(rules.break_glass) & await ctx.policy.roles_of(ctx.actor):
         raise NotAllowed(f"<@{holder.holder}> holds {env}; only they or a break-glass role can unlock it.")
     await ctx.store.write(lambda db: db.execute("DELETE FROM locks WHERE env = ?", (env,)))
-    return v.Reply.text(f"🔓 {env} is free.", public=True)
+    whose = "" if holder.holder == ctx.actor else f" <@{ctx.actor}> released <@{holder.holder}>'s hold."
+    return v.Reply.text(f"🔓 {env} is free.{whose}", public=True)
 
 
 @group.command(

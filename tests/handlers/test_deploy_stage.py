@@ -234,6 +234,59 @@ async def test_a_rollback_by_hand_that_fails_during_the_bake_leaves_the_release_
         assert [c for c in release_cards(h) if "Restart" in c.text or "Scale" in c.text] == []
 
 
+def buttons_of(h: SlackHarness, card: Any) -> list[str]:
+    """The labels of a card's buttons, as it is now."""
+    return [
+        el["text"]["text"]
+        for b in h.emu.message(card.channel, card.ts).blocks
+        if b["type"] == "actions"
+        for el in b["elements"]
+        if el["type"] == "button"
+    ]
+
+
+async def test_a_command_target_rolls_back_to_what_ran_before_the_release_undone(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    async with scripted_shop(tmp_path, emu, FakeClock()) as h:
+        # Nothing ran in staging before: no Rollback button, and `rollback` asks for a version.
+        await h.command("deploy shop 1.1.0 to staging", user=BOB)
+        first = card_of(h, "Deploy shop 1.1.0 → staging")
+        await card_shows(h, first, "✅ done")
+        assert "Rollback" not in buttons_of(h, first)
+        said = json.dumps(answer(h, await h.command("rollback shop staging", user=BOB)), ensure_ascii=False)
+        assert "no earlier version is known" in said
+        await h.command("deploy shop 1.2.0 to staging", user=BOB)
+        second = card_of(h, "Deploy shop 1.2.0 → staging")
+        await card_shows(h, second, "✅ done")
+        assert "Rollback" in buttons_of(h, second)
+        # A refused deploy records what ran when it was checked (1.2.0): not a version to go back to.
+        await h.command('freeze staging 1h "release train"', user=ALICE)
+        await h.command("deploy shop 1.0.0 to staging", user=BOB)
+        await card_shows(h, card_of(h, "Deploy shop 1.0.0 → staging"), "refused")
+        await h.command("unfreeze staging", user=ALICE)
+        await h.command("rollback shop staging", user=BOB)
+        back = card_of(h, "Rollback shop in staging to 1.1.0")
+        await card_shows(h, back, "✅ done")
+        assert (tmp_path / "versions" / "shop-staging").read_text().strip() == "1.1.0"
+        await card_shows(h, second, "↩️ rolled back")
+
+
+async def test_a_lock_is_announced_in_the_third_person_and_a_break_glass_unlock_names_whose_it_was(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    async with scripted_shop(tmp_path, emu, FakeClock()) as h:
+        locked = answer(h, await h.command('lock prod "db migration"', user=BOB))
+        assert locked["response_type"] == "in_channel"
+        assert "<@U0BOB> holds prod: db migration" in json.dumps(locked, ensure_ascii=False)
+        assert "You hold" not in json.dumps(locked)
+        freed = json.dumps(answer(h, await h.command("unlock prod", user=ALICE)), ensure_ascii=False)
+        assert "prod is free" in freed and "<@U0ALICE> released <@U0BOB>'s hold" in freed
+        await h.command("lock prod", user=BOB)
+        mine = json.dumps(answer(h, await h.command("unlock prod", user=BOB)), ensure_ascii=False)
+        assert "prod is free" in mine and "released" not in mine
+
+
 async def test_a_rejected_or_expired_release_is_told_to_its_requester_in_the_thread(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
