@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import weakref
 
 from pydantic import BaseModel
@@ -16,9 +17,14 @@ group = CommandGroup("core", "Help, who you are, approvals.")
 _HELP: weakref.WeakKeyDictionary[Router, dict[str | None, v.Reply]] = weakref.WeakKeyDictionary()
 
 
-@group.command("help", c.word("topic", optional=True, metavar="STAGE"), id="core.help", examples=("help", "help plan"))
+@group.command(
+    "help",
+    c.word("topic", optional=True, metavar="STAGE|COMMAND"),
+    id="core.help",
+    examples=("help", "help plan", "help rollback"),
+)
 async def help_(ctx: Ctx, topic: str | None) -> v.Reply:
-    """List what I can do; `help STAGE` shows one stage in detail."""
+    """List what I can do; `help STAGE` shows one stage in detail, `help COMMAND` one command."""
     # The registry is fixed once the router exists, so each topic's help is built once.
     cache = _HELP.setdefault(ctx.router, {})
     key = topic.lower() if topic else None
@@ -27,12 +33,26 @@ async def help_(ctx: Ctx, topic: str | None) -> v.Reply:
     return cache[key]
 
 
+def _described(s: c.CommandSpec) -> v.Section:
+    body = f"*`{s.usage()}`*\n{s.summary}"
+    if s.details:
+        body += f"\n{s.details}"
+    if s.examples:
+        body += "\n_Examples:_ " + ", ".join(f"`{e}`" for e in s.examples)
+    return v.Section(body)
+
+
 def _build_help(ctx: Ctx, topic: str | None) -> v.Reply:
     groups = [g for g in ctx.router.groups if any(not s.hidden for s in g.commands)]
     if topic is None:
         blocks: list[v.Block] = [
             v.Header("opsloop commands"),
-            v.Context(("Type `/ops COMMAND`, mention me, or message me directly. `help STAGE` for details.",)),
+            v.Context(
+                (
+                    "Type `/ops COMMAND`, mention me, or message me directly. "
+                    "`help STAGE` or `help COMMAND` to learn more.",
+                )
+            ),
         ]
         for g in groups:
             lines = [f"`{s.usage()}` — {s.summary}" for s in g.commands if not s.hidden]
@@ -40,22 +60,22 @@ def _build_help(ctx: Ctx, topic: str | None) -> v.Reply:
         return v.Reply(v.Message("opsloop commands", tuple(blocks)))
     t = topic.lower()
     chosen = next((g for g in groups if g.stage == t), None)
-    if chosen is None:
-        chosen = next((g for g in groups if any(s.words[0] == t for s in g.commands)), None)
-    if chosen is None:
-        stages = ", ".join(g.stage for g in groups)
-        raise UsageError(f"There is no stage `{topic}`. Stages: {stages}.")
-    blocks = [v.Header(f"{chosen.stage}: {chosen.doc}")]
-    for s in chosen.commands:
-        if s.hidden:
-            continue
-        body = f"*`{s.usage()}`*\n{s.summary}"
-        if s.details:
-            body += f"\n{s.details}"
-        if s.examples:
-            body += "\n_Examples:_ " + ", ".join(f"`{e}`" for e in s.examples)
-        blocks.append(v.Section(body))
-    return v.Reply(v.Message(f"help: {chosen.stage}", tuple(blocks)))
+    if chosen is not None:
+        blocks = [v.Header(f"{chosen.stage}: {chosen.doc}")]
+        blocks += [_described(s) for s in chosen.commands if not s.hidden]
+        return v.Reply(v.Message(f"help: {chosen.stage}", tuple(blocks)))
+    # A command's first word: just those commands (`help rollback`, `help lock`), and where the rest is.
+    owners = [(g, s) for g in groups for s in g.commands if not s.hidden and s.words[0] == t]
+    if owners:
+        homes = sorted({g.stage for g, _ in owners})
+        blocks = [v.Header(f"help: {t}"), *(_described(s) for _, s in owners)]
+        blocks.append(v.Context((" · ".join(f"part of *{st}*: `help {st}` shows the rest" for st in homes),)))
+        return v.Reply(v.Message(f"help: {t}", tuple(blocks)))
+    words = [s.words[0] for g in groups for s in g.commands if not s.hidden]
+    topics = list(dict.fromkeys([g.stage for g in groups] + words))
+    close = difflib.get_close_matches(t, topics, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(f'`help {x}`' for x in close)}?" if close else ""
+    raise UsageError(f"There is no stage or command `{topic}`.{hint} Stages: {', '.join(g.stage for g in groups)}.")
 
 
 @group.command("whoami", id="core.whoami")

@@ -65,6 +65,12 @@ async def test_help_is_generated_and_typos_get_suggestions(tmp_path: Path) -> No
             assert usage in out
         out = await h.say("help plan")
         assert "critical items need an approval" in out
+        # One command's help: just it (and where the rest of its stage is), not the whole stage.
+        out = await h.say("help audit")
+        assert "audit [N]" in out and "help insights" in out
+        assert "dora" not in out and "digest" not in out
+        out = await h.say("help auidt")
+        assert "Did you mean help audit" in out and "Stages: core" in out
         out = await h.say("plan lsit")
         assert "Did you mean" in out and "plan list" in out
         out = await h.say("whoami", as_user="bob")
