@@ -131,6 +131,13 @@ class Param:
     def usage(self) -> str:
         if self.kind is Kind.FLAG:
             return f"[{self.name}]"
+        return f"[{self.label}]" if self.optional else self.label
+
+    @property
+    def label(self) -> str:
+        """How the usage line names it, without the brackets of an optional one: what errors call it."""
+        if self.kind is Kind.FLAG:
+            return self.name
         if self.kind is Kind.CHOICE:
             core = "|".join(self.choices)
         elif self.kind is Kind.TEXT:
@@ -143,7 +150,7 @@ class Param:
             core = f"{self.metavar or self.name.upper()}…"
         else:
             core = self.metavar or self.name.upper()
-        return f"[{core}]" if self.optional else core
+        return core
 
 
 # Small constructors so declarations read like the usage line.
@@ -356,6 +363,8 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
             remaining = keep
     positional = [p for p in spec.params if p.kind not in (Kind.FLAG, Kind.PAIRS)]
     i = 0
+    # Why an optional parameter let a word pass: said if nothing else takes that word (`audit abc`).
+    passed: dict[int, str] = {}
     for idx, p in enumerate(positional):
         later = positional[idx + 1 :]
         if i >= len(remaining):
@@ -388,6 +397,7 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
             who = None if tok.quoted else _parse_mention(tok.text)
             if who is None:
                 if p.optional:
+                    passed.setdefault(i, f"`{tok.text}` is not a person for {p.label}; mention someone like @alice.")
                     args[p.name] = p.default
                     continue
                 raise _usage_error(spec, f"`{tok.text}` is not a person; mention someone like @alice.")
@@ -396,6 +406,7 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
             low = tok.text.lower()
             if low not in p.choices:
                 if p.optional:
+                    passed.setdefault(i, f"`{tok.text}` is not one of {', '.join(p.choices)}.")
                     args[p.name] = p.default
                     continue
                 # `deploy api to prod`: the version was left out and `to` taken for it; say so.
@@ -426,12 +437,13 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
                 n = int(tok.text.lstrip("#"))
             except ValueError:
                 if p.optional:
+                    passed.setdefault(i, f"`{tok.text}` is not a number; {p.label} is a whole number.")
                     args[p.name] = p.default
                     continue
-                raise _usage_error(spec, f"`{tok.text}` is not a number.") from None
+                raise _usage_error(spec, f"`{tok.text}` is not a number; {p.label} is a whole number.") from None
             lo, hi = p.min if p.min is not None else -(10**9), p.max if p.max is not None else 10**9
             if not lo <= n <= hi:
-                raise _usage_error(spec, f"{p.name} must be between {lo} and {hi}.")
+                raise _usage_error(spec, f"{p.label} must be between {lo} and {hi}.")
             value, i = n, i + 1
         elif p.kind is Kind.DURATION:
             try:
@@ -443,6 +455,8 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
             value, i = tok.text, i + 1
         args[p.name] = value
     if i < len(remaining):
+        if i in passed:
+            raise _usage_error(spec, passed[i])
         extra = " ".join(t.text for t in remaining[i:])
         raise _usage_error(spec, f"I don't understand `{extra[:80]}`.")
     return args

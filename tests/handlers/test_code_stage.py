@@ -396,8 +396,8 @@ async def test_who_asks_which_service_when_several_have_a_repository(
     [
         ("code log nope", "There is no service nope. Configured: api, web."),
         ("code log web", "web has no repository: add services.web.repo"),
-        ("code log api 0", "n must be between 1 and 200"),
-        ("code log api 5000", "n must be between 1 and 200"),
+        ("code log api 0", "N must be between 1 and 200"),
+        ("code log api 5000", "N must be between 1 and 200"),
         ("code diff api 1.0.0", "1.0.0 is not a range: write it FROM..TO"),
         ("code diff api 1.0.0...1.1.0", "Use two dots between the versions"),
         ("code diff api ..main", "needs a version on both sides of .."),

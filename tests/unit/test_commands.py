@@ -72,6 +72,18 @@ def test_missing_and_extra_arguments_show_usage() -> None:
         GRAMMAR.parse("plan done OPS-1 extra words")
 
 
+def test_a_word_an_optional_parameter_passed_over_is_named_with_why() -> None:
+    # Errors name a parameter as the usage line does (N), not by its name in the code (n).
+    with pytest.raises(UsageError, match=r"`abc` is not a number; N is a whole number\.\nUsage: `audit \[N\]`"):
+        GRAMMAR.parse("audit abc")
+    with pytest.raises(UsageError, match=r"^N must be between 1 and 100\."):
+        GRAMMAR.parse("audit 0")
+    with pytest.raises(UsageError, match=r"`everything` is not one of open, mine, all\."):
+        GRAMMAR.parse("plan list everything")
+    with pytest.raises(UsageError, match=r"`bob` is not a person for @who"):
+        GRAMMAR.parse('plan new "title" bob')
+
+
 def test_did_you_mean_for_typos_and_unknown_verbs() -> None:
     with pytest.raises(UsageError) as err:
         GRAMMAR.parse("plna list")
