@@ -77,6 +77,7 @@ class Release:
     channel: str
     checks: list[Check]
     changelog: list[dict[str, Any]]
+    takes_out: list[dict[str, Any]]
     tests: dict[str, Any] | None
     progress: dict[str, Any] | None
     message: str | None
@@ -121,6 +122,7 @@ def release_from(r: dict[str, Any]) -> Release:
         channel=r["channel"],
         checks=[Check(**c) for c in json.loads(r["checks"])],
         changelog=json.loads(r["changelog"]),
+        takes_out=json.loads(r["takes_out"]),
         tests=json.loads(r["tests"]) if r["tests"] else None,
         progress=json.loads(r["progress"]) if r["progress"] else None,
         message=r["message"],
@@ -280,6 +282,7 @@ class CheckReport:
     digest: str | None = None
     running: str | None = None
     changelog: list[Commit] = field(default_factory=list)
+    takes_out: list[Commit] = field(default_factory=list)  # running now, not in the version asked for
     tests: dict[str, Any] | None = None
     firing: list[str] = field(default_factory=list)
 
@@ -457,6 +460,11 @@ async def run_checks(services: Services, service: str, version: str, env: str, r
             report.changelog = await repo.commits_between(report.running, version, limit=100)
         except AdapterError:
             report.changelog = await repo.commits_between(None, version, limit=20)
+        if report.running and report.running != version:
+            try:
+                report.takes_out = await repo.commits_between(version, report.running, limit=100)
+            except AdapterError:  # what runs is not in the repository (built elsewhere): nothing to say
+                report.takes_out = []
     del svc
     return report
 
@@ -469,6 +477,16 @@ def _ticket_links(text: str, tickets: list[str], ticket_url: str | None) -> str:
         if ticket_url:
             text = text.replace(t, f"<{ticket_url.replace('{key}', t)}|{t}>")
     return text
+
+
+def _commits(title: str, commits: list[dict[str, Any]], ticket_url: str | None) -> v.Section:
+    """A list of commits on the card: the first ten, and how many more."""
+    shown = []
+    for c in commits[:10]:
+        subject = _ticket_links(v.esc(c.get("subject", "")[:120]), c.get("tickets", []), ticket_url)
+        shown.append(f"`{c.get('sha', '')[:8]}` {subject} — {v.esc(c.get('author', ''))}")
+    more = len(commits) - 10
+    return v.Section(f"{title}\n" + "\n".join(shown) + (f"\n…and {more} more" if more > 0 else ""))
 
 
 def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None = None) -> v.Message:
@@ -494,16 +512,10 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
         ]
         blocks.append(v.Section("*Checks*\n" + "\n".join(lines)))
     if r.changelog:
-        shown = []
-        for c in r.changelog[:10]:
-            subject = _ticket_links(v.esc(c.get("subject", "")[:120]), c.get("tickets", []), ticket_url)
-            shown.append(f"`{c.get('sha', '')[:8]}` {subject} — {v.esc(c.get('author', ''))}")
-        more = len(r.changelog) - 10
-        blocks.append(
-            v.Section(
-                f"*Changes ({len(r.changelog)})*\n" + "\n".join(shown) + (f"\n…and {more} more" if more > 0 else "")
-            )
-        )
+        blocks.append(_commits(f"*Changes ({len(r.changelog)})*", r.changelog, ticket_url))
+    if r.takes_out:
+        what = f"*Takes out ({len(r.takes_out)})*: running now, not in `{v.esc(r.version or '?')}`"
+        blocks.append(_commits(what, r.takes_out, ticket_url))
     if r.tests:
         t = r.tests
         blocks.append(

@@ -546,6 +546,13 @@ def m011_release_ended_by(db: Database) -> None:
     backfill_ended_by(db)
 
 
+@MIGRATIONS()
+def m012_release_takes_out(db: Database) -> None:
+    # The commits running now that the new version lacks (a downgrade, a rollback), for the reviewer. Not in
+    # `changelog`: that column is what a release brought, and lead time is counted from it.
+    db.execute("ALTER TABLE releases ADD COLUMN takes_out TEXT NOT NULL DEFAULT '[]'")
+
+
 def backfill_ended_by(db: Database) -> None:
     """`ended_by` of releases rolled back before the column existed, read from the message that said so
     ("Rolled back by release N, requested by …", the one words opsloop wrote for it)."""

@@ -361,6 +361,7 @@ async def prepare(services: Services, jctx: JobCtx) -> None:
         "digest": report.digest,
         "from_version": report.running,
         "changelog": changelog_json(report.changelog),
+        "takes_out": changelog_json(report.takes_out),
         "tests": json.dumps(report.tests) if report.tests else None,
     }
     if blocking:

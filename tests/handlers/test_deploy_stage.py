@@ -267,7 +267,11 @@ async def test_a_command_target_rolls_back_to_what_ran_before_the_release_undone
         await h.command("unfreeze staging", user=ALICE)
         await h.command("rollback shop staging", user=BOB)
         back = card_of(h, "Rollback shop in staging to 1.1.0")
-        await card_shows(h, back, "✅ done")
+        # The reviewer sees what going back takes out: the commits of 1.2.0 that 1.1.0 lacks.
+        text = await card_shows(h, back, "✅ done")
+        assert "*Takes out (2)*: running now, not in `1.1.0`" in text
+        assert "Faster checkout" in text and "Fix the login timeout" in text and "Initial import" not in text
+        assert "Takes out" not in card_now(h, second) and "*Changes (2)*" in card_now(h, second)
         assert (tmp_path / "versions" / "shop-staging").read_text().strip() == "1.1.0"
         await card_shows(h, second, "↩️ rolled back")
 
