@@ -280,6 +280,16 @@ def group_buttons(g: Group, alerts: Sequence[ShownAlert], silence_hours: Sequenc
     return alert_buttons(g, silence_hours, runbook, has_query)
 
 
+def _span(g: Group, alerts: Sequence[StoredAlert]) -> tuple[float, float | None]:
+    """When the group started firing and, once resolved, when it stopped: by the source's own times where it
+    gave them (a page can arrive long after the alert started), never later than opsloop saw either."""
+    start = min([a.starts_at for a in alerts if a.starts_at] + [g.first_seen])
+    if g.firing or not g.resolved_at:
+        return start, None
+    ends = [a.ends_at for a in alerts if a.ends_at and a.ends_at >= start]
+    return start, min(max(ends), g.resolved_at) if ends else g.resolved_at
+
+
 def card(
     g: Group, alerts: Sequence[StoredAlert], *, now: float, silence_hours: Sequence[int] = (1, 4, 24)
 ) -> v.Message:
@@ -293,9 +303,10 @@ def card(
     ]
     if g.service:
         fields.append(("Service", f"`{v.esc(g.service)}`" + (f" in `{v.esc(g.env)}`" if g.env else "")))
-    since = f"{iso(g.first_seen)}"
-    if g.resolved_at and not g.firing:
-        since += f" · resolved after {format_duration_s(g.resolved_at - g.first_seen)}"
+    start, end = _span(g, alerts)
+    since = iso(start)
+    if end is not None:
+        since += f" · resolved after {format_duration_s(end - start)}"
     fields.append(("Since", since))
     blocks: list[v.Block] = [v.Header(head[:150]), v.Section(fields=tuple(fields))]
     listed = [

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,24 @@ def button_labels(card: Any) -> list[str]:
         for el in [*(b.get("elements") or []), *([b["accessory"]] if b.get("accessory") else [])]
         if el.get("type") == "button"
     ]
+
+
+async def test_the_card_gives_the_sources_own_start_and_end_not_when_opsloop_heard(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        now = datetime.fromtimestamp(h.services.clock.now(), UTC)
+        started = now - timedelta(minutes=40)  # the page reached opsloop 40 minutes late
+        late = replace(alert("DiskFull", "d1", service="api"), starts_at=started)
+        await h.services.alerts.ingest(batch(late))
+        await h.settle()
+        [card] = cards(h, "C0API")
+        assert f"Since*\\n{started:%Y-%m-%d %H:%M} UTC" in json.dumps(card.blocks, ensure_ascii=False)
+        ended = replace(late, status=AlertStatus.RESOLVED, ends_at=started + timedelta(minutes=30))
+        await h.services.alerts.ingest(batch(ended))
+        await h.settle()
+        [card] = cards(h, "C0API")
+        assert "resolved after 30m" in json.dumps(card.blocks), json.dumps(card.blocks)
 
 
 async def test_one_card_per_group_edited_in_place(tmp_path: Path, emu: SlackEmulator) -> None:
@@ -235,6 +254,24 @@ async def test_the_pipeline_stores_summaries_redacted_even_when_given_them_direc
         await h.services.alerts.ingest(batch(leaky, clean))
         found = await h.services.store.read(lambda db: rows(db, "SELECT summary FROM alerts ORDER BY fingerprint"))
         assert [r["summary"] for r in found] == ["login failed, password=[redacted]", "disk full"]
+
+
+async def test_without_alertmanagers_api_a_silence_button_snoozes_in_opsloop_and_the_form_is_refused_up_front(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    # Alertmanager's webhook set up, its URL not: the card's buttons still quiet the group, and say how.
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        await h.services.alerts.ingest(batch(alert("Disk", "d1")))
+        await h.settle()
+        [card] = cards(h, "C0ALERTS")
+        await click(h, "C0ALERTS", card.ts, "Silence 1h", ALICE)
+        said = emu.ephemerals_for(ALICE)[-1].text
+        assert "Alertmanager's API isn't configured" in said and "snoozed the group in opsloop for 1h" in said
+        [card] = cards(h, "C0ALERTS")
+        assert "💤 snoozed until" in json.dumps(card.blocks, ensure_ascii=False)
+        await click(h, "C0ALERTS", card.ts, "Silence…", ALICE)
+        assert "add `integrations.alertmanager.url`" in emu.ephemerals_for(ALICE)[-1].text
+        assert emu.views == {}  # no form was opened
 
 
 async def test_an_alert_its_source_never_resolves_is_resolved_from_its_card(tmp_path: Path, emu: SlackEmulator) -> None:
