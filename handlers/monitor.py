@@ -151,10 +151,17 @@ async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: s
     if not g.firing:
         raise Conflict(f"Group {group_id} is resolved; there is nothing to silence.")
     until = ctx.clock.now() + duration.total_seconds()
-    if g.source != "alertmanager":
+    if g.source != "alertmanager" or ctx.services.alertmanager is None:
+        # Without an Alertmanager to ask (another source, or only its webhook set up), the button still
+        # quiets the group: in opsloop, and it says so.
         await ctx.services.alerts.change(group_id, "alert.snoozed", ctx.actor, snoozed_until=until)
+        why = (
+            f"{g.source} has no silences I can set"
+            if g.source != "alertmanager"
+            else "Alertmanager's API isn't configured (`integrations.alertmanager.url`), so I can't silence it there"
+        )
         return (
-            f"{g.source} has no silences I can set, so I snoozed the group in opsloop for "
+            f"{why}, so I snoozed the group in opsloop for "
             f"{format_duration(duration)} (its card stays, no thread messages)."
         )
     matchers = [Matcher(k, val) for k, val in sorted(g.labels.items())] or [Matcher("alertname", g.title)]
@@ -207,6 +214,7 @@ class SilenceForm(BaseModel):
 @group.action("alert.silence_form", value=GroupRef, policy="monitor.silence")
 async def silence_form(ctx: Ctx, ref: GroupRef) -> None:
     """Button: a form for matchers, duration and reason."""
+    _am(ctx.services)  # refused before the form is filled in, not after
     g = await _group_or_404(ctx, ref.group)
     matchers = " ".join(f'{k}="{val}"' for k, val in sorted(g.labels.items()))
     await ctx.open_modal(
