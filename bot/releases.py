@@ -536,7 +536,10 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
                 f"{p['updated']}/{p['desired']} updated" if p.get("updated") is not None else f"{p['desired']} desired"
             )
             counts = f" ({updated}, {p.get('available') or 0} available)"
-        lines = [f"*Rollout:* {v.esc(str(p.get('message', '')))}{counts}"]
+        # Once the rollout is over its last report stays (pods, warnings), named as such: "deploying (2 s)"
+        # under a done release read as if it were still going.
+        label = "Rollout" if r.state == "deploying" else "Last rollout report"
+        lines = [f"*{label}:* {v.esc(str(p.get('message', '')))}{counts}"]
         lines.extend(f"⚠️ {v.esc(e)}" for e in p.get("events", [])[:5])
         blocks.append(v.Section("\n".join(lines)))
     if r.message:

@@ -272,6 +272,8 @@ async def test_a_command_target_rolls_back_to_what_ran_before_the_release_undone
         assert "*Takes out (2)*: running now, not in `1.1.0`" in text
         assert "Faster checkout" in text and "Fix the login timeout" in text and "Initial import" not in text
         assert "Takes out" not in card_now(h, second) and "*Changes (2)*" in card_now(h, second)
+        # The rollout is over: its last report is named so, not "Rollout: deploying …" as if still going.
+        assert "*Last rollout report:*" in text and "*Rollout:*" not in text
         assert (tmp_path / "versions" / "shop-staging").read_text().strip() == "1.1.0"
         await card_shows(h, second, "↩️ rolled back")
 
