@@ -232,7 +232,16 @@ def _matches(route: AlertRoute, labels: dict[str, str]) -> bool:
 NEVER_RESOLVE = frozenset({"splunk"})
 
 
-def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, has_query: bool) -> list[v.Button]:
+@dataclass(frozen=True)
+class Offer:
+    """What a card's buttons may offer, from the config: the silence lengths, and Graph only where a
+    Prometheus is configured to draw it (the button would only say it isn't)."""
+
+    silence_hours: Sequence[int] = (1, 4, 24)
+    graphs: bool = True
+
+
+def alert_buttons(g: Group, offer: Offer, runbook: str | None, has_query: bool) -> list[v.Button]:
     """The card's buttons for the group's current state."""
     ref = json.dumps({"group": g.id})
     out: list[v.Button] = []
@@ -242,7 +251,7 @@ def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, h
         else:
             out.extend(
                 v.Button(f"Silence {h}h", "alert.silence", json.dumps({"group": g.id, "hours": h}))
-                for h in silence_hours
+                for h in offer.silence_hours
             )
             out.append(v.Button("Silence…", "alert.silence_form", ref))
         if not g.acked_by:
@@ -251,7 +260,7 @@ def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, h
             out.append(v.Button("Resolve", "alert.resolve", ref))
     if runbook:
         out.append(v.Button("Runbook", "alert.runbook", ref, url=runbook))
-    if has_query:
+    if has_query and offer.graphs:
         out.append(v.Button("Graph", "alert.graph", ref))
     if g.release and g.firing:
         out.append(
@@ -273,11 +282,11 @@ def alert_buttons(g: Group, silence_hours: Sequence[int], runbook: str | None, h
     return out
 
 
-def group_buttons(g: Group, alerts: Sequence[ShownAlert], silence_hours: Sequence[int]) -> list[v.Button]:
+def group_buttons(g: Group, alerts: Sequence[ShownAlert], offer: Offer) -> list[v.Button]:
     """The group's buttons, with Runbook and Graph when one of its alerts has a runbook or a query."""
     runbook = next((a.annotations.get("runbook_url") for a in alerts if a.annotations.get("runbook_url")), None)
     has_query = any(a.generator_url and "g0.expr=" in a.generator_url for a in alerts)
-    return alert_buttons(g, silence_hours, runbook, has_query)
+    return alert_buttons(g, offer, runbook, has_query)
 
 
 def _span(g: Group, alerts: Sequence[StoredAlert]) -> tuple[float, float | None]:
@@ -290,9 +299,7 @@ def _span(g: Group, alerts: Sequence[StoredAlert]) -> tuple[float, float | None]
     return start, min(max(ends), g.resolved_at) if ends else g.resolved_at
 
 
-def card(
-    g: Group, alerts: Sequence[StoredAlert], *, now: float, silence_hours: Sequence[int] = (1, 4, 24)
-) -> v.Message:
+def card(g: Group, alerts: Sequence[StoredAlert], *, now: float, offer: Offer = Offer()) -> v.Message:
     """The group's card: state, counts, the first few alerts, who acted, and the buttons."""
     firing = [a for a in alerts if a.status == _FIRING]
     resolved = [a for a in alerts if a.status != _FIRING]
@@ -342,7 +349,7 @@ def card(
         notes.append(f"🎫 ticket {v.esc(g.ticket)}")
     if notes:
         blocks.append(v.Context(tuple(notes[:10])))
-    buttons = group_buttons(g, alerts, silence_hours)
+    buttons = group_buttons(g, alerts, offer)
     if buttons:
         blocks.append(v.Actions(tuple(buttons)))
     blocks.append(v.Context((f"{g.source} · group `{g.id}`",)))
@@ -490,9 +497,7 @@ def _fit(lines: Sequence[str], budget: int) -> int:
     return len(lines)
 
 
-def page_group(
-    g: Group, alerts: Sequence[ShownAlert], *, now: float, silence_hours: Sequence[int]
-) -> tuple[list[v.Block], list[str]]:
+def page_group(g: Group, alerts: Sequence[ShownAlert], *, now: float, offer: Offer) -> tuple[list[v.Block], list[str]]:
     """A group on a digest page (its section and its buttons, at most GROUP_CHARS of text), and the
     lines of the alerts that did not fit, for its overflow messages."""
     n_firing = sum(1 for a in alerts if a.status == _FIRING)
@@ -525,14 +530,14 @@ def page_group(
     if fit < len(lines):
         body.append(more_note.format(len(lines) - fit))
     blocks: list[v.Block] = [v.Section("\n".join(body))]
-    buttons = group_buttons(g, alerts, silence_hours)
+    buttons = group_buttons(g, alerts, offer)
     if buttons:
         blocks.append(v.Actions(tuple(buttons)))
     return blocks, lines[fit:]
 
 
 def digest_page(
-    page: int, groups: Sequence[tuple[Group, Sequence[ShownAlert]]], *, now: float, silence_hours: Sequence[int]
+    page: int, groups: Sequence[tuple[Group, Sequence[ShownAlert]]], *, now: float, offer: Offer
 ) -> tuple[v.Message, dict[int, list[str]]]:
     """Page `page` (from 0) of a digest's thread, and the overflow lines per group id.
 
@@ -544,7 +549,7 @@ def digest_page(
     blocks: list[v.Block] = [v.Context((head,))]
     overflow: dict[int, list[str]] = {}
     for g, alerts in groups:
-        part, rest = page_group(g, alerts, now=now, silence_hours=silence_hours)
+        part, rest = page_group(g, alerts, now=now, offer=offer)
         blocks.extend(part)
         if rest:
             overflow[g.id] = rest
@@ -610,6 +615,11 @@ class AlertPipeline:
     @property
     def config(self) -> Config:
         return self.s.config
+
+    @property
+    def offer(self) -> Offer:
+        """What the cards' buttons offer under this config."""
+        return Offer(tuple(self.config.alerts.silence_hours), self.config.integrations.prometheus is not None)
 
     def default_channel(self) -> str:
         c = self.config
@@ -958,7 +968,7 @@ class AlertPipeline:
             _alert(r)
             for r in rows(db, "SELECT * FROM alerts WHERE group_id = ? ORDER BY status = 'firing' DESC, id", (gid,))
         ]
-        message = card(g, alerts, now=now, silence_hours=self.config.alerts.silence_hours)
+        message = card(g, alerts, now=now, offer=self.offer)
         self.s.post_in(db, g.channel, message, key=g.card_key, dedupe=f"post:{g.card_key}")
         if g.snoozed_until and g.snoozed_until > now:
             return
@@ -1039,7 +1049,7 @@ class AlertPipeline:
             page.number,
             [(g, by_group[g.id]) for g in groups],
             now=self.s.clock.now(),
-            silence_hours=self.config.alerts.silence_hours,
+            offer=self.offer,
         )
         page_key = f"{page.key}:page:{page.number + 1}"
         self.s.post_in(db, page.channel, message, key=page_key, thread_key=page.key, dedupe=f"post:{page_key}")

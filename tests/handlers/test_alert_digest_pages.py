@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 
 from bot import rendering
-from bot.alerts import PAGE_CHARS, PAGE_GROUPS, SECTION_CHARS, Group, StoredAlert, digest_page, overflow_messages
+from bot.alerts import (
+    PAGE_CHARS,
+    PAGE_GROUPS,
+    SECTION_CHARS,
+    Group,
+    Offer,
+    StoredAlert,
+    digest_page,
+    overflow_messages,
+)
 from bot.ports import Alert, AlertBatch, AlertStatus, Severity
 from tests.emulators.slack import SlackEmulator
 from tests.support import ALICE, slack_ops, slack_workspace
@@ -102,7 +111,7 @@ def check_limits(payload: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("per_group", "summary_len"), [(1, 40), (10, 40), (40, 120), (300, 120)])
 def test_pages_and_overflow_show_every_alert_within_block_kit_limits(per_group: int, summary_len: int) -> None:
     groups = [(group(g), [stored(g * 1000 + k, g, summary_len) for k in range(per_group)]) for g in range(PAGE_GROUPS)]
-    msg, overflow = digest_page(2, groups, now=0.0, silence_hours=(1, 4, 24))
+    msg, overflow = digest_page(2, groups, now=0.0, offer=Offer())
     page = rendering.message(msg)
     check_limits(page)
     seen = set(TOKEN.findall(visible_text(page["blocks"])))
@@ -156,7 +165,12 @@ async def emu():
 async def test_a_storm_shows_every_alert_in_its_thread_and_a_page_button_acts_on_its_group(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
-    config = {"channels": {"default": "#ops", "alerts": "#alerts"}, "alerts": {"storm": {"groups_per_minute": 3}}}
+    config = {
+        "channels": {"default": "#ops", "alerts": "#alerts"},
+        "alerts": {"storm": {"groups_per_minute": 3}},
+        # Graph buttons are offered only where a Prometheus can draw them; this one is never asked here.
+        "integrations": {"prometheus": {"url": "http://127.0.0.1:9"}},
+    }
     async with slack_ops(tmp_path, emu, **config) as h:
         pipe = h.services.alerts
         groups = 24

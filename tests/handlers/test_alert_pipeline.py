@@ -264,6 +264,8 @@ async def test_without_alertmanagers_api_a_silence_button_snoozes_in_opsloop_and
         await h.services.alerts.ingest(batch(alert("Disk", "d1")))
         await h.settle()
         [card] = cards(h, "C0ALERTS")
+        # The alert carries a PromQL expression, but no Prometheus is configured to draw it: no Graph button.
+        assert "Silence 1h" in button_labels(card) and "Graph" not in button_labels(card)
         await click(h, "C0ALERTS", card.ts, "Silence 1h", ALICE)
         said = emu.ephemerals_for(ALICE)[-1].text
         assert "Alertmanager's API isn't configured" in said and "snoozed the group in opsloop for 1h" in said
