@@ -371,8 +371,9 @@ class ConsoleSession:
             return True
         if text.startswith("/in"):
             ch = text[3:].strip()
-            if not ch:
-                self.out.print(Text("Usage: /in #channel", style="red"))
+            if not ch or ch.startswith("@") or " " in ch:
+                # `/in @bob` would have named a channel "#@bob"; a direct message is `/as NAME` then a command.
+                self.out.print(Text("Usage: /in #channel (one channel name; to act as someone, /as NAME)", style="red"))
                 return True
             self.channel = ch if ch.startswith("#") else f"#{ch}"
             return True

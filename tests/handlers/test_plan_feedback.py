@@ -65,6 +65,10 @@ async def test_help_is_generated_and_typos_get_suggestions(tmp_path: Path) -> No
             assert usage in out
         out = await h.say("help plan")
         assert "critical items need an approval" in out
+        # The console's own keys refuse what they can't mean, rather than make a channel "#@bob".
+        out = await h.say("/in @bob")
+        assert "Usage: /in #channel" in out
+        assert not h.session.channel.startswith("#@")
         # One command's help: just it (and where the rest of its stage is), not the whole stage.
         out = await h.say("help audit")
         assert "audit [N]" in out and "help insights" in out
