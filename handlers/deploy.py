@@ -881,7 +881,7 @@ async def deploy(ctx: Ctx, service: str, version: str, to: str, env: str, force:
     `force "reason"` breaks glass over a freeze, a lock, firing alerts or red tests; only roles in the
     environment's `break_glass` may, and it is audited and shown on the card."""
     r = await request(ctx, "deploy", service, env, version=version, force=force, reason=reason)
-    return v.Reply.text(f"Checking {r.title}; the release card in {r.channel} follows it (release {r.id}).")
+    return v.Reply.text(f"Checking release {r.id}: {r.title}. Its card in {r.channel} follows it from here.")
 
 
 @group.command(

@@ -520,7 +520,7 @@ async def test_twenty_last_clicks_and_a_slack_retry_start_one_rollout_and_one_re
         )
         await h.settle()
         texts = [a.body_text for a in answers]
-        assert sum("Checking Deploy shop 1.2.0" in t for t in texts) == 1, texts
+        assert sum("Checking release 1: Deploy shop 1.2.0" in t for t in texts) == 1, texts
         [card] = release_cards(h)
         holder = BOB if "<@U0BOB>" in card_now(h, card) else ALICE
         assert sum(f"<@{holder}> holds shop in prod" in t for t in texts) == 5, texts
