@@ -234,26 +234,34 @@ NEVER_RESOLVE = frozenset({"splunk"})
 
 @dataclass(frozen=True)
 class Offer:
-    """What a card's buttons may offer, from the config: the silence lengths, and Graph only where a
-    Prometheus is configured to draw it (the button would only say it isn't)."""
+    """What a card's buttons may offer, from the config: the silence lengths; real silences only where
+    Alertmanager's API is configured (elsewhere the same buttons snooze the group in opsloop, and say
+    so); Graph only where a Prometheus is configured to draw it (the button would only say it isn't)."""
 
     silence_hours: Sequence[int] = (1, 4, 24)
     graphs: bool = True
+    silences: bool = True
 
 
-def alert_buttons(g: Group, offer: Offer, runbook: str | None, has_query: bool) -> list[v.Button]:
+def alert_buttons(g: Group, offer: Offer, runbook: str | None, has_query: bool, now: float) -> list[v.Button]:
     """The card's buttons for the group's current state."""
     ref = json.dumps({"group": g.id})
     out: list[v.Button] = []
     if g.firing:
+        real = offer.silences and g.source == "alertmanager"
         if g.silence_id:
             out.append(v.Button("Unsilence", "alert.unsilence", ref))
+        elif g.snoozed_until and g.snoozed_until > now:
+            out.append(v.Button("Unsnooze", "alert.unsnooze", ref))
         else:
             out.extend(
-                v.Button(f"Silence {h}h", "alert.silence", json.dumps({"group": g.id, "hours": h}))
+                v.Button(
+                    f"{'Silence' if real else 'Snooze'} {h}h", "alert.silence", json.dumps({"group": g.id, "hours": h})
+                )
                 for h in offer.silence_hours
             )
-            out.append(v.Button("Silence…", "alert.silence_form", ref))
+            if real:  # the form writes Alertmanager matchers
+                out.append(v.Button("Silence…", "alert.silence_form", ref))
         if not g.acked_by:
             out.append(v.Button("Acknowledge", "alert.ack", ref, v.Style.PRIMARY))
         if g.source in NEVER_RESOLVE:
@@ -282,11 +290,11 @@ def alert_buttons(g: Group, offer: Offer, runbook: str | None, has_query: bool) 
     return out
 
 
-def group_buttons(g: Group, alerts: Sequence[ShownAlert], offer: Offer) -> list[v.Button]:
+def group_buttons(g: Group, alerts: Sequence[ShownAlert], offer: Offer, now: float) -> list[v.Button]:
     """The group's buttons, with Runbook and Graph when one of its alerts has a runbook or a query."""
     runbook = next((a.annotations.get("runbook_url") for a in alerts if a.annotations.get("runbook_url")), None)
     has_query = any(a.generator_url and "g0.expr=" in a.generator_url for a in alerts)
-    return alert_buttons(g, offer, runbook, has_query)
+    return alert_buttons(g, offer, runbook, has_query, now)
 
 
 def _span(g: Group, alerts: Sequence[StoredAlert]) -> tuple[float, float | None]:
@@ -349,7 +357,7 @@ def card(g: Group, alerts: Sequence[StoredAlert], *, now: float, offer: Offer = 
         notes.append(f"🎫 ticket {v.esc(g.ticket)}")
     if notes:
         blocks.append(v.Context(tuple(notes[:10])))
-    buttons = group_buttons(g, alerts, offer)
+    buttons = group_buttons(g, alerts, offer, now)
     if buttons:
         blocks.append(v.Actions(tuple(buttons)))
     blocks.append(v.Context((f"{g.source} · group `{g.id}`",)))
@@ -530,7 +538,7 @@ def page_group(g: Group, alerts: Sequence[ShownAlert], *, now: float, offer: Off
     if fit < len(lines):
         body.append(more_note.format(len(lines) - fit))
     blocks: list[v.Block] = [v.Section("\n".join(body))]
-    buttons = group_buttons(g, alerts, offer)
+    buttons = group_buttons(g, alerts, offer, now)
     if buttons:
         blocks.append(v.Actions(tuple(buttons)))
     return blocks, lines[fit:]
@@ -619,7 +627,8 @@ class AlertPipeline:
     @property
     def offer(self) -> Offer:
         """What the cards' buttons offer under this config."""
-        return Offer(tuple(self.config.alerts.silence_hours), self.config.integrations.prometheus is not None)
+        i = self.config.integrations
+        return Offer(tuple(self.config.alerts.silence_hours), i.prometheus is not None, i.alertmanager is not None)
 
     def default_channel(self) -> str:
         c = self.config

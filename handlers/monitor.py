@@ -277,6 +277,16 @@ async def unsilence(ctx: Ctx, ref: GroupRef) -> v.Reply:
     return v.Reply.text("The silence is over.")
 
 
+@group.action("alert.unsnooze", value=GroupRef, policy="monitor.silence")
+async def unsnooze(ctx: Ctx, ref: GroupRef) -> v.Reply:
+    """Button: end this group's snooze now; its news goes to the thread again."""
+    g = await _group_or_404(ctx, ref.group)
+    if not g.snoozed_until or g.snoozed_until <= ctx.clock.now():
+        raise Conflict("This group is not snoozed.")
+    await ctx.services.alerts.change(ref.group, "alert.unsnoozed", ctx.actor, snoozed_until=None)
+    return v.Reply.text("The snooze is over; new alerts of this group show in its thread again.")
+
+
 @group.action("alert.ack", value=GroupRef, policy="monitor.ack")
 async def ack(ctx: Ctx, ref: GroupRef) -> v.Reply:
     """Button: say you own this; for Nagios alerts the acknowledgement goes to Nagios too."""

@@ -256,7 +256,7 @@ async def test_the_pipeline_stores_summaries_redacted_even_when_given_them_direc
         assert [r["summary"] for r in found] == ["login failed, password=[redacted]", "disk full"]
 
 
-async def test_without_alertmanagers_api_a_silence_button_snoozes_in_opsloop_and_the_form_is_refused_up_front(
+async def test_without_alertmanagers_api_the_buttons_say_snooze_and_snooze_in_opsloop_until_unsnoozed(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
     # Alertmanager's webhook set up, its URL not: the card's buttons still quiet the group, and say how.
@@ -264,16 +264,22 @@ async def test_without_alertmanagers_api_a_silence_button_snoozes_in_opsloop_and
         await h.services.alerts.ingest(batch(alert("Disk", "d1")))
         await h.settle()
         [card] = cards(h, "C0ALERTS")
+        labels = button_labels(card)
         # The alert carries a PromQL expression, but no Prometheus is configured to draw it: no Graph button.
-        assert "Silence 1h" in button_labels(card) and "Graph" not in button_labels(card)
-        await click(h, "C0ALERTS", card.ts, "Silence 1h", ALICE)
+        assert "Snooze 1h" in labels and "Graph" not in labels
+        assert not [x for x in labels if x.startswith("Silence")]  # no silence it can't make, no matcher form
+        await click(h, "C0ALERTS", card.ts, "Snooze 1h", ALICE)
         said = emu.ephemerals_for(ALICE)[-1].text
         assert "Alertmanager's API isn't configured" in said and "snoozed the group in opsloop for 1h" in said
         [card] = cards(h, "C0ALERTS")
         assert "💤 snoozed until" in json.dumps(card.blocks, ensure_ascii=False)
-        await click(h, "C0ALERTS", card.ts, "Silence…", ALICE)
-        assert "add `integrations.alertmanager.url`" in emu.ephemerals_for(ALICE)[-1].text
-        assert emu.views == {}  # no form was opened
+        assert "Unsnooze" in button_labels(card) and "Snooze 1h" not in button_labels(card)
+        await click(h, "C0ALERTS", card.ts, "Unsnooze", ALICE)
+        assert "The snooze is over" in emu.ephemerals_for(ALICE)[-1].text
+        [card] = cards(h, "C0ALERTS")
+        assert "snoozed" not in json.dumps(card.blocks) and "Snooze 1h" in button_labels(card)
+        kinds = [r["kind"] for r in await h.services.store.read(lambda db: rows(db, "SELECT kind FROM events"))]
+        assert kinds == ["alert.fired", "alert.snoozed", "alert.unsnoozed"]
 
 
 async def test_an_alert_its_source_never_resolves_is_resolved_from_its_card(tmp_path: Path, emu: SlackEmulator) -> None:
