@@ -338,9 +338,10 @@ def card(g: Group, alerts: Sequence[StoredAlert], *, now: float, offer: Offer = 
     notes = []
     if g.release:
         r = g.release
-        minutes = max(0, int((g.first_seen - float(r.get("at", g.first_seen))) // 60))
+        after = start - float(r.get("at", start))
+        when = f"started {round(after / 60)} min after" if after >= 0 else "started while rolling out"
         notes.append(
-            f"🚀 started {minutes} min after {v.esc(str(r.get('service')))} {v.esc(str(r.get('version')))}"
+            f"🚀 {when} {v.esc(str(r.get('service')))} {v.esc(str(r.get('version')))}"
             f" to {v.esc(str(r.get('env')))}" + (f" by <@{r['by']}>" if r.get("by") else "")
         )
     if g.silence_id and g.silence_until and g.silence_until > now:
@@ -852,7 +853,9 @@ class AlertPipeline:
         service = a.label("service") or a.label("app") or None
         env = a.label("env") or a.label("environment") or None
         channel = route.channel or self.default_channel()
-        release = self._release(db, service, env, now)
+        # The source's start where it gave one: a page that arrives late is not blamed on a release made since.
+        started = min(_ts(a.starts_at) or now, now)
+        release = self._release(db, service, env, started)
         cur = db.execute(
             "INSERT INTO alert_groups (key, source, title, channel, status, severity, service, env, labels, shown,"
             " first_seen, last_change, fire_window, release) VALUES (?, ?, ?, ?, 'firing', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -874,16 +877,19 @@ class AlertPipeline:
         )
         return int(cur.lastrowid or 0)
 
-    def _release(self, db: Database, service: str | None, env: str | None, now: float) -> dict[str, Any] | None:
+    def _release(self, db: Database, service: str | None, env: str | None, started: float) -> dict[str, Any] | None:
+        """The release of the service (in the env) that finished at most `correlate_within` before the alert
+        started, or was still rolling out then; never one begun after the alert had started."""
         if not service:
             return None
-        since = now - self.config.alerts.correlate_within.total_seconds()
+        since = started - self.config.alerts.correlate_within.total_seconds()
         r = one(
             db,
-            "SELECT * FROM events WHERE kind = 'deploy.finished' AND service = ? AND at >= ?"
-            + (" AND env = ?" if env else "")
-            + " ORDER BY at DESC LIMIT 1",
-            (service, since, env) if env else (service, since),
+            "SELECT e.* FROM events e LEFT JOIN releases r ON r.id = json_extract(e.detail, '$.release')"
+            " WHERE e.kind = 'deploy.finished' AND e.service = ? AND e.at >= ? AND (e.at <= ? OR r.started_at <= ?)"
+            + (" AND e.env = ?" if env else "")
+            + " ORDER BY e.at DESC LIMIT 1",
+            (service, since, started, started, env) if env else (service, since, started, started),
         )
         if r is None:
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -173,21 +174,53 @@ async def test_a_storm_becomes_one_digest_and_every_alert_stays_reachable(tmp_pa
         assert {"type": "mrkdwn", "text": "*Resolved groups*\n25"} in fields
 
 
-async def test_a_recent_release_is_named_on_the_card(tmp_path: Path, emu: SlackEmulator) -> None:
+async def test_a_recent_release_is_named_on_the_card_but_never_one_made_after_the_alert_began(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
     async with slack_ops(tmp_path, emu, **CONFIG) as h:
         now = h.services.clock.now()
-        await h.services.store.write(
-            lambda db: db.execute(
-                "INSERT INTO events (at, kind, service, env, ref, actor, detail) VALUES (?, 'deploy.finished', 'api',"
-                " 'prod', '1.4.2', 'U0DAVE', '{}')",
-                (now - 420,),
-            )
-        )
-        await h.services.alerts.ingest(batch(alert("Errors", "e1", service="api", env="prod")))
+
+        def began(name: str, service: str, seconds_ago: float) -> AlertBatch:
+            """An alert of `service` in prod that its source says began `seconds_ago`."""
+            a = alert(name, name.lower(), service=service, env="prod")
+            return batch(replace(a, starts_at=datetime.fromtimestamp(now - seconds_ago, UTC)))
+
+        def finished(release: int, ago: float, service: str, started_ago: float) -> Callable[[Any], None]:
+            def tx(db: Any) -> None:
+                db.execute(
+                    "INSERT INTO releases (id, action, service, env, version, requester, state, channel, created_at,"
+                    " started_at, finished_at, updated_at) VALUES (?, 'deploy', ?, 'prod', '1.4.2', 'U0DAVE',"
+                    " 'succeeded', '#approvals', ?, ?, ?, ?)",
+                    (release, service, now - started_ago, now - started_ago, now - ago, now - ago),
+                )
+                db.execute(
+                    "INSERT INTO events (at, kind, service, env, ref, actor, detail) VALUES (?, 'deploy.finished',"
+                    " ?, 'prod', '1.4.2', 'U0DAVE', ?)",
+                    (now - ago, service, json.dumps({"release": release, "ok": True})),
+                )
+
+            return tx
+
+        # api 1.4.2 finished 7½ minutes ago; the alert started 5½ minutes ago.
+        await h.services.store.write(finished(1, 450, "api", 510))
+        await h.services.alerts.ingest(began("Errors", "api", 330))
         await h.settle()
         [card] = cards(h, "C0API")
         body = json.dumps(card.blocks, ensure_ascii=False)
-        assert "started 7 min after api 1.4.2 to prod by <@U0DAVE>" in body and "Rollback" in body
+        assert "started 2 min after api 1.4.2 to prod by <@U0DAVE>" in body and "Rollback" in body, body
+        # web 1.4.2 rolled out from 5 minutes ago to 1 minute ago; the alert started 3 minutes ago, mid-rollout.
+        await h.services.store.write(finished(2, 60, "web", 300))
+        await h.services.alerts.ingest(began("Slow", "web", 180))
+        # db 1.4.2 went out 2 minutes ago, but the alert has been firing for an hour: it arrives late, and the
+        # release is not its cause.
+        await h.services.store.write(finished(3, 120, "db", 240))
+        await h.services.alerts.ingest(began("Locks", "db", 3600))
+        await h.settle()
+        by_title = {c.text: json.dumps(c.blocks, ensure_ascii=False) for c in cards(h, "C0ALERTS")}
+        slow = next(b for t, b in by_title.items() if "Slow" in t)
+        locks = next(b for t, b in by_title.items() if "Locks" in t)
+        assert "started while rolling out web 1.4.2 to prod" in slow and "Rollback" in slow
+        assert "🚀" not in locks and "Rollback" not in locks
 
 
 async def test_a_group_that_fires_again_asks_for_an_owner_again(tmp_path: Path, emu: SlackEmulator) -> None:
