@@ -33,6 +33,11 @@ async def help_(ctx: Ctx, topic: str | None) -> v.Reply:
     return cache[key]
 
 
+# The DevOps loop's names for stages that opsloop files under another: operating (status, scale, restart)
+# and releasing are the deploy stage's commands.
+_STAGE_NAMES = {"operate": "deploy", "release": "deploy"}
+
+
 def _described(s: c.CommandSpec) -> v.Section:
     body = f"*`{s.usage()}`*\n{s.summary}"
     if s.details:
@@ -58,7 +63,7 @@ def _build_help(ctx: Ctx, topic: str | None) -> v.Reply:
             lines = [f"`{s.usage()}` — {s.summary}" for s in g.commands if not s.hidden]
             blocks.append(v.Section(f"*{g.stage}* — {g.doc}\n" + "\n".join(lines)))
         return v.Reply(v.Message("opsloop commands", tuple(blocks)))
-    t = topic.lower()
+    t = _STAGE_NAMES.get(topic.lower(), topic.lower())
     chosen = next((g for g in groups if g.stage == t), None)
     if chosen is not None:
         blocks = [v.Header(f"{chosen.stage}: {chosen.doc}")]

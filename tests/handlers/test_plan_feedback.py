@@ -73,6 +73,8 @@ async def test_help_is_generated_and_typos_get_suggestions(tmp_path: Path) -> No
         out = await h.say("help audit")
         assert "audit [N]" in out and "help insights" in out
         assert "dora" not in out and "digest" not in out
+        out = await h.say("help operate")  # the loop's name for status, scale and restart
+        assert "scale SERVICE ENV REPLICAS" in out and "restart SERVICE ENV" in out
         out = await h.say("help auidt")
         assert "Did you mean help audit" in out and "Stages: core" in out
         out = await h.say("plan lsit")
