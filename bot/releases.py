@@ -455,6 +455,11 @@ async def run_checks(services: Services, service: str, version: str, env: str, r
         report.running = await target_for(services, spec).running_version(spec)
     except AdapterError as err:
         report.checks.append(Check("target", False, f"the current version could not be read: {err}"))
+    if report.running is not None and report.running == version:
+        # Allowed (a restart by redeploy, a tag rebuilt), but a reviewer should know nothing new goes out.
+        report.checks.append(
+            Check("redeploy", False, f"{env} already runs {version}; this deploys it again", blocking=False)
+        )
     if repo is not None and sha is not None:
         try:
             report.changelog = await repo.commits_between(report.running, version, limit=100)
@@ -477,6 +482,12 @@ def _ticket_links(text: str, tickets: list[str], ticket_url: str | None) -> str:
         if ticket_url:
             text = text.replace(t, f"<{ticket_url.replace('{key}', t)}|{t}>")
     return text
+
+
+def _goes_back_somewhere(r: Release) -> bool:
+    """Whether rolling this release back has something to go back to: a version that ran before it (for an
+    image, its earlier revision, even under the same tag)."""
+    return r.from_version is not None and (r.from_version != r.version or r.image is not None)
 
 
 def _commits(title: str, commits: list[dict[str, Any]], ticket_url: str | None) -> v.Section:
@@ -570,7 +581,7 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
     if (
         (r.state in ("baking", "succeeded") and r.action in ("deploy", "rollback"))
         or (r.state == "failed" and r.action == "deploy")
-    ) and r.from_version is not None:
+    ) and _goes_back_somewhere(r):
         buttons.append(
             v.Button(
                 "Rollback",

@@ -256,6 +256,12 @@ async def test_a_command_target_rolls_back_to_what_ran_before_the_release_undone
         assert "Rollback" not in buttons_of(h, first)
         said = json.dumps(answer(h, await h.command("rollback shop staging", user=BOB)), ensure_ascii=False)
         assert "no earlier version is known" in said
+        # The same version again: allowed, said on the card, and still nothing to go back to.
+        await h.command("deploy shop 1.1.0 to staging", user=BOB)
+        [again] = [c for c in release_cards(h) if c.ts != first.ts]
+        text = await card_shows(h, again, "✅ done")
+        assert "⚠️ *redeploy*: staging already runs 1.1.0; this deploys it again" in text
+        assert "Rollback" not in buttons_of(h, again)
         await h.command("deploy shop 1.2.0 to staging", user=BOB)
         second = card_of(h, "Deploy shop 1.2.0 → staging")
         await card_shows(h, second, "✅ done")
