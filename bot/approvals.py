@@ -45,6 +45,7 @@ class ApprovalState(enum.StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     VOID = "void"
+    WITHDRAWN = "withdrawn"  # by its requester, with Reject
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def decision_notice(a: Approval) -> v.Message | None:
         ApprovalState.REJECTED: f"🚫 {who}, {a.decided_reason or 'rejected'}.",
         ApprovalState.EXPIRED: f"⌛ {who}, nobody approved it in time. Ask again when it is still wanted.",
         ApprovalState.VOID: f"{who}, the approvals are void ({a.decided_reason or 'no reason given'}). Ask again.",
+        ApprovalState.WITHDRAWN: f"⏹️ {who} withdrew the request; nothing will be done.",
     }.get(a.state)
     return v.Message(text, (v.Section(text),)) if text else None
 
@@ -170,6 +172,7 @@ def card(a: Approval, now: float) -> v.Message:
         ApprovalState.REJECTED: "Rejected",
         ApprovalState.EXPIRED: "Expired",
         ApprovalState.VOID: "Void",
+        ApprovalState.WITHDRAWN: "Withdrawn",
     }[a.state]
     votes = ", ".join(f"<@{x.user}> {'✅' if x.vote == 'approve' else '❌'}" for x in a.votes) or "none yet"
     blocks: list[v.Block] = [
@@ -200,10 +203,13 @@ def card(a: Approval, now: float) -> v.Message:
                 )
             )
         )
-        blocks.append(v.Context((f"Request `{a.id}` · expires in {format_duration_seconds(left)}",)))
+        blocks.append(v.Context((f"Request `{a.id}` · expires in {format_duration_seconds(left)} · {WITHDRAW_HINT}",)))
     else:
         blocks.append(v.Context((f"Request `{a.id}` · {a.state.value}: {a.decided_reason or ''}",)))
     return v.Message(f"{head}: {a.summary}", tuple(blocks))
+
+
+WITHDRAW_HINT = "its requester can withdraw it with Reject"
 
 
 def format_duration_seconds(seconds: float) -> str:
@@ -417,11 +423,14 @@ class Approvals:
             )
             self._outbox.kick()
             raise Conflict(f"This request expired at {iso(a.expires_at)}; ask again.")
-        if user == a.requester and not a.self_approval:
+        # Reject by the one who asked withdraws the request: no role needed to take back one's own.
+        withdraw = decision == "reject" and user == a.requester
+        if user == a.requester and not a.self_approval and not withdraw:
             raise NotAllowed(
                 f"You asked for this, so your vote doesn't count; someone else from `{a.role}` has to decide."
+                " (Reject withdraws it.)"
             )
-        if not await self._policy.in_role(user, a.role):
+        if not withdraw and not await self._policy.in_role(user, a.role):
             raise NotAllowed(f"Only members of `{a.role}` can decide on this request, and you are not one.")
         kind = self._kinds.get(a.policy_key)
         if decision == "approve" and kind is not None:
@@ -439,6 +448,17 @@ class Approvals:
                     raise NotAllowed(f"Can't approve now: {blocked}")
 
         def tx(db: Database) -> tuple[Approval, str, int | None]:
+            if withdraw:
+                if not self._close_in(db, a.id, ApprovalState.WITHDRAWN, f"withdrawn by <@{user}>", now):
+                    raise Conflict("This request was decided a moment ago.")
+                msg = "Withdrawn; nothing will be done."
+                self._audit.append_in(
+                    db,
+                    AuditEntry(user, "approval.reject", Outcome.WITHDRAWN, channel, a.subject, msg, {"approval": a.id}),
+                )
+                final = _load(db, a.id)
+                assert final is not None
+                return final, msg, None
             try:
                 db.execute(
                     "INSERT INTO approval_votes (approval_id, user, vote, at) VALUES (?, ?, ?, ?)",

@@ -37,6 +37,7 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     VOIDED = "voided"
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from sqlite_utils import Database
 
 from bot import rendering
 from bot import views as v
-from bot.approvals import Approval, ApprovalState
+from bot.approvals import WITHDRAW_HINT, Approval, ApprovalState
 from bot.clock import iso
 from bot.config import Config, EnvironmentConfig
 from bot.durations import format_duration
@@ -572,9 +572,8 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
                     confirm=v.Confirm("Reject?", f"Reject this {r.action}?", "Reject"),
                 )
             )
-            blocks.append(
-                v.Context((f"expires in {format_duration(timedelta(seconds=max(0, int(a.expires_at - now))))}",))
-            )
+            left = format_duration(timedelta(seconds=max(0, int(a.expires_at - now))))
+            blocks.append(v.Context((f"expires in {left} · {WITHDRAW_HINT}",)))
     # After a failed deploy the target may be half changed (pods that can't pull their image): rolling
     # back is what one wants then, as after a success or during the bake. Not when nothing ran before it:
     # there is nothing to go back to, and a button that can only answer "which version?" misleads.

@@ -199,11 +199,14 @@ def on_approval_change(services: Services, db: Database, a: Approval, now: float
         ApprovalState.REJECTED: "rejected",
         ApprovalState.EXPIRED: "expired",
         ApprovalState.VOID: "cancelled",
+        ApprovalState.WITHDRAWN: "cancelled",
     }.get(a.state, r.state)
     if state != r.state and r.state in WAITING:
         msg = r.message
         if a.state is ApprovalState.VOID:
             msg = f"The approvals are void: {a.decided_reason}. Request it again."
+        elif a.state is ApprovalState.WITHDRAWN:
+            msg = "Withdrawn by its requester before anyone approved it."
         if state == "approved":
             _end_bake_in(services, db, r, now)
         try:
@@ -233,6 +236,14 @@ group.approval(
 
 
 # --- requesting -------------------------------------------------------------------------------------------
+
+
+# What frees a service and environment that a release holds, by that release's state.
+_UNTIL_FREE = {
+    "checking": "Its checks take a moment; try again then.",
+    "awaiting_approval": "It waits for approval: its approvers decide, or its requester withdraws it with Reject.",
+    "baking": "It is baking: wait for the bake to end, or roll it back.",
+}
 
 
 def _busy_in(db: Database, service: str, env: str) -> Release | None:
@@ -298,7 +309,7 @@ async def request(
         if busy is not None and (action != "rollback" or busy.action == "rollback" or busy.state in ACTIVE[:2]):
             raise Conflict(
                 f"<@{busy.requester}> holds {service} in {env}: release {busy.id} ({busy.title}) is "
-                f"{busy.state.replace('_', ' ')}. Wait for it, or roll back."
+                f"{busy.state.replace('_', ' ')}. {_UNTIL_FREE.get(busy.state, 'Wait for it.')}"
             )
         cur = db.execute(
             "INSERT INTO releases (action, service, env, version, replicas, requester, state, channel, break_glass,"

@@ -27,6 +27,7 @@ _ICON = {
     "rejected": "👎",
     "expired": "⌛",
     "voided": "🚫",
+    "withdrawn": "⏹️",
 }
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 

@@ -30,6 +30,24 @@ async def item_status(h: ConsoleHarness) -> str:
     return (await h.services.tracker().get("OPS-1")).status.value
 
 
+async def test_the_requester_withdraws_a_request_with_reject_and_nothing_is_done(tmp_path: Path) -> None:
+    async with console_ops(tmp_path, approvals=TWO) as h:
+        aid = await critical_item(h)
+        r = await h.ops.router.click(approve(h, BOB, aid), h.ops.surface)  # one approval of two
+        assert r is not None and "1 more needed" in r.message.text
+        # Alice asked for it and is no approver: her Reject takes the request back.
+        r = await h.ops.router.click(approve(h, ALICE, aid, "approval.reject"), h.ops.surface)
+        assert r is not None and "Withdrawn; nothing will be done" in r.message.text
+        r = await h.ops.router.click(approve(h, CAROL, aid), h.ops.surface)
+        assert r is not None and "already withdrawn" in r.message.text
+        assert await item_status(h) == "open"
+        await h.session.settle()
+        shown = " ".join(h.text().replace("│", " ").split())
+        assert "@alice withdrew the request; nothing will be done" in shown
+        rows_ = await h.services.audit.recent(5)
+        assert any(x.outcome == "withdrawn" and x.actor == ALICE for x in rows_)
+
+
 async def test_two_distinct_approvers_are_needed_and_the_requester_never_counts(tmp_path: Path) -> None:
     async with console_ops(tmp_path, approvals=TWO) as h:
         aid = await critical_item(h)

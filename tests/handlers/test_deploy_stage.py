@@ -299,6 +299,28 @@ async def test_a_lock_is_announced_in_the_third_person_and_a_break_glass_unlock_
         assert "prod is free" in mine and "released" not in mine
 
 
+async def test_the_requester_withdraws_a_waiting_release_with_reject_and_the_env_is_free_again(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    async with scripted_shop(tmp_path, emu, FakeClock()) as h:
+        await h.command("deploy shop 1.2.0 to staging", user=BOB)
+        await h.command("deploy shop 1.2.0 to prod", user=BOB)
+        release = card_of(h, "Deploy shop 1.2.0 → prod")
+        assert "its requester can withdraw it with Reject" in await card_shows(h, release, "waiting for approval")
+        # While it waits, another request says what frees prod.
+        said = json.dumps(answer(h, await h.command("deploy shop 1.1.0 to prod", user=ALICE)), ensure_ascii=False)
+        assert "its requester withdraws it with Reject" in said
+        await click(h, C, release.ts, "Reject", BOB, jobs=False)
+        assert "Withdrawn; nothing will be done" in last_ephemeral(h, BOB)
+        text = await card_shows(h, release, "cancelled")
+        assert "Withdrawn by its requester before anyone approved it" in text
+        assert "Approve" not in buttons_of(h, release)
+        assert "<@U0BOB> withdrew the request" in thread_text(h, release)
+        assert deploys(tmp_path) == ["shop 1.2.0 staging"]
+        said = json.dumps(answer(h, await h.command("deploy shop 1.1.0 to prod", user=ALICE)), ensure_ascii=False)
+        assert "Checking release 3" in said  # prod is free again
+
+
 async def test_a_rejected_or_expired_release_is_told_to_its_requester_in_the_thread(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
