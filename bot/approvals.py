@@ -249,6 +249,18 @@ class Approvals:
         """The configured rule, or None when the action needs no approval."""
         return self._config.approvals.get(policy_key)
 
+    async def pending(self, now: float, limit: int = 20) -> list[Approval]:
+        """Open requests that have not expired, the soonest to expire first."""
+
+        def q(db: Database) -> list[Approval]:
+            ids = db.execute(
+                "SELECT id FROM approvals WHERE state = 'pending' AND expires_at > ? ORDER BY expires_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [a for (i,) in ids if (a := _load(db, i)) is not None]
+
+        return await self._store.read(q)
+
     async def get(self, approval_id: str) -> Approval:
         """A request by id."""
         a = await self._store.read(lambda db: _load(db, approval_id))

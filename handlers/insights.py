@@ -7,6 +7,7 @@ from typing import Any
 
 from bot import commands as c
 from bot import views as v
+from bot.approvals import Approval, format_duration_seconds
 from bot.clock import iso
 from bot.context import Ctx, Services
 from bot.dora import CHOICES, DAY, REPORT_YEAR, Dora, compute_with_weeks, human, pct
@@ -245,6 +246,16 @@ async def digest(ctx: Ctx) -> v.Reply:
 # --- App Home: a dashboard -----------------------------------------------------------------------------------
 
 
+def _waiting(a: Approval, now: float) -> str:
+    """A request on the dashboard: what, its votes, who asked, where its card is, how long it has left."""
+    # A name as configured (#approvals), or the id Slack gave, which mrkdwn shows as the channel's link.
+    where = "" if not a.channel else f" in {a.channel}" if a.channel.startswith("#") else f" in <#{a.channel}>"
+    return (
+        f"• {v.esc(a.summary[:200])} — {a.approvals} of {a.required}, asked by <@{a.requester}>{where},"
+        f" expires in {format_duration_seconds(a.expires_at - now)}"
+    )
+
+
 @group.home(order=5)
 async def dashboard(ctx: Ctx) -> list[v.Block]:
     """App Home: releases in flight and waiting for my approval, alerts firing for my services, DORA."""
@@ -259,11 +270,6 @@ async def dashboard(ctx: Ctx) -> list[v.Block]:
                 " WHERE state IN ('awaiting_approval', 'approved', 'deploying', 'baking')"
                 " ORDER BY id DESC LIMIT 10",
             ),
-            "approvals": rows(
-                db,
-                "SELECT id, summary, role, requester FROM approvals WHERE state = 'pending'"
-                " ORDER BY created_at DESC LIMIT 10",
-            ),
             "alerts": rows(
                 db,
                 "SELECT id, title, severity, service, channel FROM alert_groups WHERE"
@@ -273,10 +279,18 @@ async def dashboard(ctx: Ctx) -> list[v.Block]:
 
     facts = await ctx.store.read(q)
     blocks: list[v.Block] = [v.Header("opsloop")]
-    mine = [a for a in facts["approvals"] if a["role"] in roles and a["requester"] != me]
-    if mine:
-        lines = [f"• {a['summary']} — asked by <@{a['requester']}>" for a in mine]
+    now = ctx.clock.now()
+    # Not expired (a request nobody closed yet), not already voted on by me: what I can still decide.
+    pending = await ctx.approvals.pending(now, limit=30)
+    theirs = [a for a in pending if a.role in roles and a.requester != me and all(x.user != me for x in a.votes)]
+    own = [a for a in pending if a.requester == me]
+    if theirs:
+        lines = [_waiting(a, now) for a in theirs[:10]]
         blocks.append(v.Section("*Waiting for your approval*\n" + "\n".join(lines)))
+    if own:
+        lines = [_waiting(a, now) for a in own[:10]]
+        blocks.append(v.Section("*Your requests waiting*\n" + "\n".join(lines)))
+        blocks.append(v.Context(("Reject on a request's card withdraws it.",)))
     if facts["releases"]:
         lines = [
             f"• `{r['id']}` {r['action']} {v.esc(r['service'])} {v.esc(r['version'] or '')} → {r['env']}: "

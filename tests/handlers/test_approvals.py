@@ -48,6 +48,25 @@ async def test_the_requester_withdraws_a_request_with_reject_and_nothing_is_done
         assert any(x.outcome == "withdrawn" and x.actor == ALICE for x in rows_)
 
 
+async def test_the_app_home_lists_the_requests_one_may_decide_and_ones_own_that_wait(tmp_path: Path) -> None:
+    async with console_ops(tmp_path, approvals=TWO) as h:
+        out = await h.say("home", as_user="bob")
+        assert "Waiting for your approval" not in out  # nothing pending: no empty section
+        aid = await critical_item(h)  # alice asks to close OPS-1; approvers decide
+        out = " ".join((await h.say("home", as_user="bob")).replace("│", " ").split())
+        assert "Waiting for your approval" in out and "OPS-1" in out and "0 of 2, asked by @alice" in out
+        out = " ".join((await h.say("home", as_user="alice")).replace("│", " ").split())
+        assert "Your requests waiting" in out and "Reject on a request's card withdraws it" in out
+        assert "Waiting for your approval" not in out
+        out = await h.say("home", as_user="dave")  # a developer, no approver
+        assert "Waiting for your approval" not in out and "Your requests waiting" not in out
+        await h.ops.router.click(approve(h, BOB, aid), h.ops.surface)
+        out = await h.say("home", as_user="bob")  # bob has voted: nothing left for him to decide
+        assert "Waiting for your approval" not in out
+        out = " ".join((await h.say("home", as_user="carol")).replace("│", " ").split())
+        assert "Waiting for your approval" in out and "1 of 2" in out  # carol (through @sre) still may
+
+
 async def test_two_distinct_approvers_are_needed_and_the_requester_never_counts(tmp_path: Path) -> None:
     async with console_ops(tmp_path, approvals=TWO) as h:
         aid = await critical_item(h)
