@@ -67,6 +67,16 @@ async def test_the_app_home_lists_the_requests_one_may_decide_and_ones_own_that_
         assert "Waiting for your approval" in out and "1 of 2" in out  # carol (through @sre) still may
 
 
+async def test_the_app_home_no_longer_lists_a_request_once_it_has_expired(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with console_ops(tmp_path, clock=clock, approvals=TWO) as h:
+        await critical_item(h)
+        assert "Waiting for your approval" in await h.say("home", as_user="bob")
+        clock.advance(31 * 60)  # past its 30 minutes, whether or not the expiry sweep has closed it yet
+        out = await h.say("home", as_user="bob")
+        assert "Waiting for your approval" not in out and "App Home of @bob" in out
+
+
 async def test_two_distinct_approvers_are_needed_and_the_requester_never_counts(tmp_path: Path) -> None:
     async with console_ops(tmp_path, approvals=TWO) as h:
         aid = await critical_item(h)
