@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,7 +42,7 @@ from sqlite_utils import Database
 from bot import views as v
 from bot.clock import iso
 from bot.config import AlertRoute, Config
-from bot.durations import format_duration
+from bot.durations import format_seconds
 from bot.ports import Alert, AlertBatch, AlertStatus, Severity
 from bot.store import one, rows
 
@@ -242,13 +242,17 @@ class Offer:
     graphs: bool = True
     silences: bool = True
 
+    def silences_for(self, g: Group) -> bool:
+        """Whether a silence of this group can be a real one in Alertmanager (else it is a snooze here)."""
+        return self.silences and g.source == "alertmanager"
+
 
 def alert_buttons(g: Group, offer: Offer, runbook: str | None, has_query: bool, now: float) -> list[v.Button]:
     """The card's buttons for the group's current state."""
     ref = json.dumps({"group": g.id})
     out: list[v.Button] = []
     if g.firing:
-        real = offer.silences and g.source == "alertmanager"
+        real = offer.silences_for(g)
         if g.silence_id:
             out.append(v.Button("Unsilence", "alert.unsilence", ref))
         elif g.snoozed_until and g.snoozed_until > now:
@@ -321,7 +325,7 @@ def card(g: Group, alerts: Sequence[StoredAlert], *, now: float, offer: Offer = 
     start, end = _span(g, alerts)
     since = iso(start)
     if end is not None:
-        since += f" · resolved after {format_duration_s(end - start)}"
+        since += f" · resolved after {format_seconds(end - start)}"
     fields.append(("Since", since))
     blocks: list[v.Block] = [v.Header(head[:150]), v.Section(fields=tuple(fields))]
     listed = [
@@ -363,11 +367,6 @@ def card(g: Group, alerts: Sequence[StoredAlert], *, now: float, offer: Offer = 
         blocks.append(v.Actions(tuple(buttons)))
     blocks.append(v.Context((f"{g.source} · group `{g.id}`",)))
     return v.Message(head, tuple(blocks))
-
-
-def format_duration_s(seconds: float) -> str:
-    """`1h30m` for a number of seconds."""
-    return format_duration(timedelta(seconds=int(max(0, seconds))))
 
 
 def detail(a: StoredAlert) -> v.Message:

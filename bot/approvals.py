@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlite_utils import Database
@@ -27,7 +25,7 @@ from bot import views as v
 from bot.audit import AuditEntry, AuditLog, Outcome
 from bot.clock import Clock, iso
 from bot.config import ApprovalRule, Config
-from bot.durations import format_duration
+from bot.durations import format_seconds
 from bot.errors import Conflict, NotAllowed, NotFound
 from bot.jobs import JobRunner
 from bot.outbox import Outbox
@@ -36,7 +34,6 @@ from bot.ports import SqlStore
 from bot.store import one, rows
 
 # Slack's channel ids (C…, G… private, D… direct); channel names are lower case, so never match.
-_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]+$")
 
 
 class ApprovalState(enum.StrEnum):
@@ -203,18 +200,13 @@ def card(a: Approval, now: float) -> v.Message:
                 )
             )
         )
-        blocks.append(v.Context((f"Request `{a.id}` · expires in {format_duration_seconds(left)} · {WITHDRAW_HINT}",)))
+        blocks.append(v.Context((f"Request `{a.id}` · expires in {format_seconds(left)} · {WITHDRAW_HINT}",)))
     else:
         blocks.append(v.Context((f"Request `{a.id}` · {a.state.value}: {a.decided_reason or ''}",)))
     return v.Message(f"{head}: {a.summary}", tuple(blocks))
 
 
 WITHDRAW_HINT = "its requester can withdraw it with Reject"
-
-
-def format_duration_seconds(seconds: float) -> str:
-    """`1h30m` for a number of seconds."""
-    return format_duration(timedelta(seconds=int(seconds)))
 
 
 class Approvals:
@@ -350,11 +342,10 @@ class Approvals:
         # A card the outbox found again after a restart is known by the channel's configured name
         # (`#approvals`), not its id; its ts alone then names it (a ts is a message's time to the
         # microsecond, and the click came signed from a message that carries this request's button).
-        same_channel = ref.channel == channel or not _CHANNEL_ID.match(ref.channel)
+        same_channel = ref.channel == channel or not v.is_channel_id(ref.channel)
         if not same_channel or ref.ts != message_ts:
-            where = f"<#{ref.channel}>" if _CHANNEL_ID.match(ref.channel) else ref.channel
             raise NotAllowed(
-                f"This button does not belong to request `{a.id}`'s card in {where}, so the click "
+                f"This button does not belong to request `{a.id}`'s card in {v.channel(ref.channel)}, so the click "
                 "doesn't count; use the buttons on that card."
             )
 
@@ -461,56 +452,9 @@ class Approvals:
 
         def tx(db: Database) -> tuple[Approval, str, int | None]:
             if withdraw:
-                if not self._close_in(db, a.id, ApprovalState.WITHDRAWN, f"withdrawn by <@{user}>", now):
-                    raise Conflict("This request was decided a moment ago.")
-                msg = "Withdrawn; nothing will be done."
-                self._audit.append_in(
-                    db,
-                    AuditEntry(user, "approval.reject", Outcome.WITHDRAWN, channel, a.subject, msg, {"approval": a.id}),
-                )
-                final = _load(db, a.id)
-                assert final is not None
-                return final, msg, None
-            try:
-                db.execute(
-                    "INSERT INTO approval_votes (approval_id, user, vote, at) VALUES (?, ?, ?, ?)",
-                    (a.id, user, decision, now),
-                )
-            except sqlite3.IntegrityError:
-                raise Conflict("You already voted on this request.") from None
-            fresh = _load(db, a.id)
-            assert fresh is not None
-            if fresh.state is not ApprovalState.PENDING:
-                raise Conflict(f"This request is already {fresh.state.value}.")
-            job_id: int | None = None
-            if decision == "reject":
-                self._close_in(db, a.id, ApprovalState.REJECTED, f"rejected by <@{user}>", now)
-                msg = "Rejected."
-                outcome = Outcome.REJECTED
-            elif fresh.approvals >= fresh.required:
-                self._close_in(db, a.id, ApprovalState.APPROVED, f"approved by {fresh.approvals}", now)
-                outcome = Outcome.APPROVED
-                try:
-                    db.execute("INSERT INTO approval_executions (approval_id, at) VALUES (?, ?)", (a.id, now))
-                except sqlite3.IntegrityError:
-                    raise Conflict("This request was already carried out.") from None
-                if kind is not None:
-                    job_id = self._jobs.enqueue_in(
-                        db,
-                        kind.job_kind,
-                        a.subject,
-                        {**a.action, "approval": a.id},
-                        requester=a.requester,
-                        channel=a.channel,
-                        thread_ts=a.thread_ts,
-                    )
-                    db.execute("UPDATE approval_executions SET job_id = ? WHERE approval_id = ?", (job_id, a.id))
-                msg = "Approved; carrying it out now."
+                msg, outcome, job_id = self._withdraw_in(db, a, user, now)
             else:
-                left = fresh.required - fresh.approvals
-                self._show(db, fresh, now)
-                msg = f"Your approval is recorded; {left} more needed."
-                outcome = Outcome.APPROVED
+                msg, outcome, job_id = self._count_in(db, a, kind, user, decision, now)
             self._audit.append_in(
                 db,
                 AuditEntry(
@@ -532,6 +476,53 @@ class Approvals:
         if job_id is not None:
             await self._jobs.launch(job_id)
         return VoteResult(final, msg, job_id)
+
+    def _withdraw_in(self, db: Database, a: Approval, user: str, now: float) -> tuple[str, Outcome, int | None]:
+        """The requester takes the request back: closed, nothing carried out."""
+        if not self._close_in(db, a.id, ApprovalState.WITHDRAWN, f"withdrawn by <@{user}>", now):
+            raise Conflict("This request was decided a moment ago.")
+        return "Withdrawn; nothing will be done.", Outcome.WITHDRAWN, None
+
+    def _count_in(
+        self, db: Database, a: Approval, kind: ApprovalKind | None, user: str, decision: str, now: float
+    ) -> tuple[str, Outcome, int | None]:
+        """One approver's vote: a reject closes the request; the last approval needed closes it and queues
+        its job (once: a primary key, not a hope); any other approval is counted on the card."""
+        try:
+            db.execute(
+                "INSERT INTO approval_votes (approval_id, user, vote, at) VALUES (?, ?, ?, ?)",
+                (a.id, user, decision, now),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict("You already voted on this request.") from None
+        fresh = _load(db, a.id)
+        assert fresh is not None
+        if fresh.state is not ApprovalState.PENDING:
+            raise Conflict(f"This request is already {fresh.state.value}.")
+        if decision == "reject":
+            self._close_in(db, a.id, ApprovalState.REJECTED, f"rejected by <@{user}>", now)
+            return "Rejected.", Outcome.REJECTED, None
+        if fresh.approvals < fresh.required:
+            self._show(db, fresh, now)
+            return f"Your approval is recorded; {fresh.required - fresh.approvals} more needed.", Outcome.APPROVED, None
+        self._close_in(db, a.id, ApprovalState.APPROVED, f"approved by {fresh.approvals}", now)
+        try:
+            db.execute("INSERT INTO approval_executions (approval_id, at) VALUES (?, ?)", (a.id, now))
+        except sqlite3.IntegrityError:
+            raise Conflict("This request was already carried out.") from None
+        job_id: int | None = None
+        if kind is not None:
+            job_id = self._jobs.enqueue_in(
+                db,
+                kind.job_kind,
+                a.subject,
+                {**a.action, "approval": a.id},
+                requester=a.requester,
+                channel=a.channel,
+                thread_ts=a.thread_ts,
+            )
+            db.execute("UPDATE approval_executions SET job_id = ? WHERE approval_id = ?", (job_id, a.id))
+        return "Approved; carrying it out now.", Outcome.APPROVED, job_id
 
     async def expire_due(self) -> list[Approval]:
         """Mark every pending request past its expiry as expired and update its card."""

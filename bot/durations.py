@@ -26,6 +26,11 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def format_seconds(seconds: float) -> str:
+    """`format_duration` of a number of seconds (a difference of two clock readings)."""
+    return format_duration(timedelta(seconds=int(seconds)))
+
+
 def format_duration(delta: timedelta) -> str:
     """The short form of a duration: `1h30m`, `45s`."""
     seconds = int(delta.total_seconds())

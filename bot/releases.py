@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
@@ -20,7 +19,7 @@ from bot import views as v
 from bot.approvals import WITHDRAW_HINT, Approval, ApprovalState
 from bot.clock import iso
 from bot.config import Config, EnvironmentConfig
-from bot.durations import format_duration
+from bot.durations import format_seconds
 from bot.errors import NotConfigured, NotFound
 from bot.ports import AdapterError, AdapterNotFound, Commit, DeployTarget, TargetSpec
 from bot.store import one, rows
@@ -469,7 +468,7 @@ async def run_checks(services: Services, service: str, version: str, env: str, r
             try:
                 report.takes_out = await repo.commits_between(version, report.running, limit=100)
             except AdapterError:  # what runs is not in the repository (built elsewhere): nothing to say
-                report.takes_out = []
+                pass
     del svc
     return report
 
@@ -572,8 +571,7 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
                     confirm=v.Confirm("Reject?", f"Reject this {r.action}?", "Reject"),
                 )
             )
-            left = format_duration(timedelta(seconds=max(0, int(a.expires_at - now))))
-            blocks.append(v.Context((f"expires in {left} · {WITHDRAW_HINT}",)))
+            blocks.append(v.Context((f"expires in {format_seconds(a.expires_at - now)} · {WITHDRAW_HINT}",)))
     # After a failed deploy the target may be half changed (pods that can't pull their image): rolling
     # back is what one wants then, as after a success or during the bake. Not when nothing ran before it:
     # there is nothing to go back to, and a button that can only answer "which version?" misleads.

@@ -166,6 +166,19 @@ def person(who: str) -> str:
     return f"<@{who}>" if _SLACK_ID.match(who) else esc(who)
 
 
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]+$")
+
+
+def is_channel_id(ref: str) -> bool:
+    """Whether `ref` is the id Slack gives a channel (C…, G…, D…), not a configured `#name`."""
+    return bool(_CHANNEL_ID.match(ref))
+
+
+def channel(ref: str) -> str:
+    """A channel as mrkdwn: its id as Slack's link to it, a configured `#name` as written."""
+    return f"<#{ref}>" if is_channel_id(ref) else ref
+
+
 def unesc(text: str) -> str:
     """Undo `esc` (for surfaces that show plain text)."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")

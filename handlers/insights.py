@@ -7,11 +7,11 @@ from typing import Any
 
 from bot import commands as c
 from bot import views as v
-from bot.approvals import Approval, format_duration_seconds
+from bot.approvals import Approval
 from bot.clock import iso
 from bot.context import Ctx, Services
 from bot.dora import CHOICES, DAY, REPORT_YEAR, Dora, compute_with_weeks, human, pct
-from bot.durations import parse_duration
+from bot.durations import format_seconds, parse_duration
 from bot.jobs import JobCtx
 from bot.ports import Series
 from bot.router import CommandGroup
@@ -248,11 +248,10 @@ async def digest(ctx: Ctx) -> v.Reply:
 
 def _waiting(a: Approval, now: float) -> str:
     """A request on the dashboard: what, its votes, who asked, where its card is, how long it has left."""
-    # A name as configured (#approvals), or the id Slack gave, which mrkdwn shows as the channel's link.
-    where = "" if not a.channel else f" in {a.channel}" if a.channel.startswith("#") else f" in <#{a.channel}>"
+    where = f" in {v.channel(a.channel)}" if a.channel else ""
     return (
         f"• {v.esc(a.summary[:200])} — {a.approvals} of {a.required}, asked by <@{a.requester}>{where},"
-        f" expires in {format_duration_seconds(a.expires_at - now)}"
+        f" expires in {format_seconds(a.expires_at - now)}"
     )
 
 

@@ -151,7 +151,7 @@ async def _silence_group(ctx: Ctx, group_id: int, duration: timedelta, reason: s
     if not g.firing:
         raise Conflict(f"Group {group_id} is resolved; there is nothing to silence.")
     until = ctx.clock.now() + duration.total_seconds()
-    if g.source != "alertmanager" or ctx.services.alertmanager is None:
+    if not ctx.services.alerts.offer.silences_for(g):
         # Without an Alertmanager to ask (another source, or only its webhook set up), the button still
         # quiets the group: in opsloop, and it says so.
         await ctx.services.alerts.change(group_id, "alert.snoozed", ctx.actor, snoozed_until=until)
