@@ -83,7 +83,7 @@ def _button(b: v.Button, ids: _Ids) -> Obj:
             "deny": _plain(b.confirm.deny, 30),
         }
     if b.url:
-        if len(b.url) > 3000:
+        if len(b.url) > v.URL_MAX:
             raise ValueError(f"button url for {b.action} is longer than Slack's 3000 characters")
         el["url"] = b.url
     return el

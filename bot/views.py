@@ -27,6 +27,10 @@ class Confirm:
     deny: str = "Cancel"
 
 
+# Slack's limit on a button's url.
+URL_MAX = 3000
+
+
 @dataclass(frozen=True)
 class Button:
     """A button; `action` is a `stage.verb` id and `value` the typed reference it acts on."""
@@ -37,6 +41,14 @@ class Button:
     style: Style = Style.DEFAULT
     confirm: Confirm | None = None
     url: str | None = None
+
+    @classmethod
+    def link(cls, label: str, action: str, value: str, url: str | None) -> Button | None:
+        """A button that opens `url`, or None where Slack would refuse it (longer than URL_MAX) or there
+        is nothing to open: a tool's URL comes from outside and must not cost the card it sits on."""
+        if not url or len(url) > URL_MAX:
+            return None
+        return cls(label, action, value, url=url)
 
 
 @dataclass(frozen=True)

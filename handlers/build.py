@@ -140,8 +140,9 @@ def card(row: BuildRow, *, typical_s: float | None, now: float, tests: TestSumma
         else:
             buttons.append(v.Button("Re-run", "build.rerun", ref, v.Style.PRIMARY))
             buttons.append(v.Button("Show log", "build.log", ref))
-    if row.url and not row.finished:
-        buttons.append(v.Button("Open", "build.open", ref, url=row.url))
+    link = v.Button.link("Open", "build.open", ref, row.url)
+    if link is not None and not row.finished:
+        buttons.append(link)
     fields: list[tuple[str, str]] = [("Status", status)]
     if row.branch:
         fields.append(("Branch", f"`{v.esc(row.branch)}`"))

@@ -140,6 +140,28 @@ async def test_builds_started_outside_chat_get_the_same_card(
         assert "failure" in text and "Started by" in text  # the cause Jenkins gives
 
 
+@pytest.mark.parametrize("length", [3001, 3000])
+async def test_a_build_url_too_long_for_a_button_costs_the_button_not_the_card(
+    tmp_path: Path, emu: SlackEmulator, jenkins: JenkinsEmulator, length: int
+) -> None:
+    """Found by the webhook fuzzer: Slack takes a button url of at most 3,000 characters, and a Jenkins
+    notification whose full_url was longer made the card fail to render, so no card was posted."""
+    jenkins.add_job("shop/api-build", {"DEPLOY": "yes"}, script=BuildScript(duration=None))
+    async with slack_ops(tmp_path, emu, **overrides(jenkins)) as h:
+        jenkins.run_build("shop/api-build")
+        hook = h.url.replace("/slack/events", "/hooks/jenkins")
+        base = "http://jenkins.example/job/api-build/1/?"
+        url = base + "q" * (length - len(base))
+        note = jenkins.notification_payload("shop/api-build", 1, "STARTED")
+        note["build"]["full_url"] = url
+        assert await _post(hook, note, {"Authorization": "Bearer hook-secret-123"}) in (200, 202)
+        await h.settle(jobs=False)
+        await wait_until(lambda: "running" in card_text(h), 20, "the card")
+        [card] = [m for m in h.emu.top_level("C0OPS") if m.text.startswith("Build ")]
+        links = [e["url"] for b in card.blocks for e in b.get("elements", []) if e.get("url")]
+        assert links == ([] if length > 3000 else [url])
+
+
 async def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> int:
     import aiohttp
 
