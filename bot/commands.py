@@ -330,6 +330,12 @@ class Grammar:
             close = self.suggest(tokens)
             if close:
                 lines = "\n".join(f"• `{s.usage()}`" for s in close)
+                stage = tokens[0].text.lower()
+                if all(s.words[0] == stage for s in close):
+                    # A stage's name: "I don't know `test`" would be wrong, it only needs its verb.
+                    if len(tokens) == 1 or tokens[1].quoted:
+                        raise UsageError(f"`{stage}` needs a command after it:\n{lines}")
+                    raise UsageError(f"`{stage}` has no `{tokens[1].text}`. Did you mean:\n{lines}")
                 raise UsageError(f"I don't know `{typed}`. Did you mean:\n{lines}")
             raise UsageError(f"I don't know `{typed}`. Try `help` for the list of commands.")
         spec, rest_tokens = found

@@ -95,6 +95,17 @@ def test_did_you_mean_for_typos_and_unknown_verbs() -> None:
         GRAMMAR.parse("zzzzzz")
 
 
+def test_a_stage_name_alone_or_with_an_unknown_verb_is_told_as_such() -> None:
+    # `plan` is a stage with no command of its own: "I don't know `plan`" would be wrong.
+    with pytest.raises(UsageError, match=r"^`plan` needs a command after it:\n• `plan new") as err:
+        GRAMMAR.parse("plan")
+    assert "plan list" in str(err.value)
+    with pytest.raises(UsageError, match=r"^`plan` has no `zap`\. Did you mean:\n• `plan new"):
+        GRAMMAR.parse("plan zap")
+    with pytest.raises(UsageError, match=r"^`plan` needs a command after it"):
+        GRAMMAR.parse('plan "title"')
+
+
 def test_numbers_pairs_durations_and_rest() -> None:
     s = spec(
         "x run",
