@@ -12,6 +12,7 @@ from bot.clock import iso
 from bot.context import Ctx, Services
 from bot.dora import CHOICES, DAY, REPORT_YEAR, Dora, compute_with_weeks, human, pct
 from bot.durations import format_seconds, parse_duration
+from bot.errors import UsageError
 from bot.jobs import JobCtx
 from bot.ports import Series
 from bot.router import CommandGroup
@@ -91,8 +92,8 @@ async def _dora(services: Services, service: str | None, days: int) -> tuple[Dor
 
 async def trend_chart(services: Services, trend: list[tuple[float, Dora]], title: str) -> bytes | None:
     """Deploys per week and change failure rate per week, as a PNG."""
-    if services.charts is None or not trend:
-        return None
+    if services.charts is None or not any(d.deployments for _, d in trend):
+        return None  # a chart of empty weeks says nothing the card does not
     deploys = Series((("metric", "deploys per week"),), tuple((t, float(len(d.deployments))) for t, d in trend))
     cfr = Series(
         (("metric", "change failure rate %"),), tuple((t, 100 * (d.change_failure_rate or 0.0)) for t, d in trend)
@@ -114,6 +115,9 @@ async def dora(ctx: Ctx, service: str | None, window: timedelta | None) -> v.Rep
         try:
             window, service = window or parse_duration(name), None  # `dora 90d`: a window, no service
         except ValueError:
+            if name.isdigit():  # `dora 7`: meant as days, most likely
+                hint = f"for {name} days write `{name}d`"
+                raise UsageError(f"`{name}` is neither a service nor a period: {hint}.") from None
             ctx.service(name)  # NotFound with the nearest names
     days = max(1, int((window or timedelta(days=30)).total_seconds() // DAY))
     d, trend = await _dora(ctx.services, service, days)

@@ -23,8 +23,18 @@ async def test_dora_command_reports_levels_and_choices(tmp_path: Path) -> None:
         assert "DORA all services, last 30 days (prod)" in out
         assert "Change failure rate" in out and "60%" in out and "low" in out
         assert "2024 State of DevOps" in out and "rolled back, or a critical alert" in out
+        assert "dora.png" in out  # the weekly trend, with deploys to draw
         out = await h.say("dora nosuch")
         assert "There is no service nosuch" in out
+        out = await h.say("dora 7")
+        assert "for 7 days write 7d" in out  # (the console shows code without its backticks)
+
+
+async def test_dora_draws_no_chart_of_empty_weeks(tmp_path: Path) -> None:
+    async with console_ops(tmp_path) as h:
+        out = await h.say("dora")
+        assert "DORA all services, last 30 days" in out and "no data" in out
+        assert "dora.png" not in out
 
 
 async def test_the_digest_goes_out_once_even_across_restarts(tmp_path: Path) -> None:
