@@ -203,11 +203,12 @@ class CommandTarget:
     async def status(self, spec: TargetSpec) -> WorkloadStatus:
         """Only the version: a command target knows nothing about replicas."""
         version = await self.running_version(spec)
-        note = (
-            "a command target reports only the version it last deployed"
-            if self._version_file
-            else "a command target reports no status (no version file is configured)"
-        )
+        if not self._version_file:
+            note = "a command target reports no status (no version file is configured)"
+        elif version is None:
+            note = "a command target knows only the version it deployed, and it has deployed none here yet"
+        else:
+            note = "a command target reports only the version it last deployed"
         return WorkloadStatus(
             version=version, image=None, desired=0, ready=0, available=0, message=note, counts_replicas=False
         )

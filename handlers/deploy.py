@@ -1120,7 +1120,7 @@ async def service_status(ctx: Ctx, service: str, env: str | None) -> v.Reply:
             + (f", {p.restarts} restarts" if p.restarts else "")
             for p in st.pods[:10]
         )
-        line = f"*{e}*: `{v.esc(st.version or '?')}`"
+        line = f"*{e}*: " + (f"`{v.esc(st.version)}`" if st.version else "no version known")
         if st.counts_replicas:
             line += f" — {st.ready}/{st.desired} ready"
         if st.message:

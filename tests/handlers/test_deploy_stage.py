@@ -205,6 +205,9 @@ async def test_a_rollback_by_hand_that_fails_during_the_bake_leaves_the_release_
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
     async with scripted_shop(tmp_path, emu, FakeClock()) as h:
+        # Nothing deployed yet: said in words, not as a version "?".
+        shown = json.dumps(answer(h, await h.command("status shop", user=BOB)), ensure_ascii=False)
+        assert "*staging*: no version known" in shown and "it has deployed none here yet" in shown, shown
         await h.command("deploy shop 1.1.0 to staging", user=BOB)  # what a rollback to 1.1.0 checks for
         await h.command("deploy shop 1.2.0 to staging", user=BOB)
         await h.command("deploy shop 1.2.0 to prod", user=BOB)
