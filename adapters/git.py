@@ -72,6 +72,7 @@ CLONE_RETRY_AFTER = 60.0  # a clone that failed is not tried again (per command)
 # option), no `..` (a range), no `^ ~ : @{ ? * [ \` or whitespace (revision expressions, globs).
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]{0,199}")
 _HEX = re.compile(r"[0-9a-fA-F]{4,64}")
+_ANCESTRY = re.compile(r"(?:~\d{0,4}|\^[12]?)+$")
 # Git's own prompts would hang a pool thread waiting for a terminal nobody watches.
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
 _LOG_FORMAT = "--format=%H%x00%P%x00%aN%x00%aI%x00%B"
@@ -87,12 +88,21 @@ def bad_version(version: str) -> str | None:
             return "it looks like an option"
         if ".." in version:
             return "it looks like a range; give one version"
-        return "only letters, digits and `. _ / + -` can be part of a tag, branch or SHA"
+        return "only letters, digits and `. _ / + -` can be part of a tag, branch or SHA (and `~N` or `^` after it)"
     if ".." in version:
         return "it looks like a range; give one version"
     if "//" in version or version.endswith(("/", ".", ".lock")) or "/." in version:
         return "git does not allow that name"
     return None
+
+
+def split_ancestry(version: str) -> tuple[str, str]:
+    """`main~2` -> (`main`, `~2`): a name and git's ancestry steps after it (`~N`, `^`, `^2`), the one
+    part of revision syntax let through, since it only walks back from a name already checked."""
+    m = _ANCESTRY.search(version)
+    if m is None or m.start() == 0:
+        return version, ""
+    return version[: m.start()], m.group()
 
 
 def bad_path(path: str) -> str | None:
@@ -275,9 +285,23 @@ class GitRepository:
     # ------------------------------------------------------------------ resolution and fetching
 
     async def _resolve(self, version: str, call: _Call) -> str:
-        why = bad_version(version)
+        name, ancestry = split_ancestry(version)
+        why = bad_version(name)
         if why:
             raise AdapterError(TOOL, f"`{version[:80]}` is not a tag, branch or commit SHA: {why}")
+        sha = await self._resolve_name(name, call)
+        if not ancestry:
+            return sha
+        found = await self._run(f"looking up `{version}`", self._rev_of, f"{sha}{ancestry}")
+        if found is None:
+            raise AdapterNotFound(TOOL, f"`{version}`: `{name}` has no such ancestor in {self.where}")
+        return found
+
+    def _rev_of(self, name: str) -> str | None:
+        with self._open() as repo:
+            return self._rev(repo, name)
+
+    async def _resolve_name(self, version: str, call: _Call) -> str:
         seen = self._fetches  # before the clone, so a clone made now counts as this call's fetch
         await self._ensure_clone()
         found = await self._run(f"looking up `{version}`", self._lookup, version)

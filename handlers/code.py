@@ -273,10 +273,10 @@ def _file_line(f: FileChange) -> str:
     "code diff",
     c.word("service"),
     c.word("versions", metavar="FROM..TO"),
-    examples=("code diff api v1.4.0..v1.5.0", "code diff api 1.4.0..main", "code diff api 3f2a9c1..8b7d0e2"),
+    examples=("code diff api v1.4.0..v1.5.0", "code diff api 1.4.0..main", "code diff api main~3..main"),
 )
 async def diff(ctx: Ctx, service: str, versions: str) -> v.Reply:
-    """What changed between two versions (tags, branches or SHAs): commits, authors, files, tickets.
+    """What changed between two versions (tags, branches or SHAs, `~N` back from one): commits, authors, files, tickets.
 
     Commits in TO that are not in FROM, newest first; files are counted from the versions' common
     ancestor to TO. A long list of commits is attached as a file."""

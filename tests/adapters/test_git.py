@@ -147,6 +147,18 @@ async def test_shas_and_branches(local: GitRepository, origin: Origin) -> None:
     assert await local.resolve("HEAD") == origin.shas["c4"]
 
 
+async def test_ancestry_steps_after_a_name_walk_back_from_it(local: GitRepository, origin: Origin) -> None:
+    # `code diff api HEAD~2..HEAD`: git's own spelling of "two commits back", and nothing else of its
+    # revision syntax (see the refusals below).
+    assert await local.resolve("main~1") == origin.shas["c3"]
+    assert await local.resolve("main^") == origin.shas["c3"]
+    assert await local.resolve("HEAD~2") == origin.shas["c2"]
+    assert await local.resolve("1.1.0~1") == await local.resolve("v1.1.0^")  # either spelling of the tag
+    assert [c.sha for c in await local.commits_between("main~2", "main")] == [origin.shas["c4"], origin.shas["c3"]]
+    with pytest.raises(AdapterNotFound, match=r"`main~99`: `main` has no such ancestor"):
+        await local.resolve("main~99")
+
+
 async def test_a_missing_version_is_named_with_the_repository(local: GitRepository, origin: Origin) -> None:
     with pytest.raises(AdapterNotFound) as err:
         await local.resolve("1.2.3")
@@ -194,8 +206,9 @@ async def test_log(local: GitRepository, origin: Origin) -> None:
         "--output=/tmp/pwned",
         "v1.0.0..main",
         "a...b",
-        "main~1",
-        "main^",
+        "~1",
+        "main^{tree}",
+        "main~1~x",
         "HEAD@{1}",
         "main:changes.txt",
         "v1.0.0 main",

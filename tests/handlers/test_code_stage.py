@@ -224,6 +224,8 @@ async def test_diff_the_wrong_way_round_and_of_one_version(tmp_path: Path, api_r
         assert "code diff api v1.0.0..v1.1.0, has 4 commits" in out
         out = await h.say("code diff api v1.1.0..1.1.0")
         assert "No commits between v1.1.0 and 1.1.0 of api: they are the same" in out
+        out = await h.say("code diff api main~1..main")  # git's "one back", as people type it
+        assert "api main~1..main" in out and "1 commit" in out and api_repo.short("bump") in out
 
 
 @pytest.fixture
@@ -404,7 +406,8 @@ async def test_who_asks_which_service_when_several_have_a_repository(
         ("code diff api 1.0.0..main..x", "has more than one .."),
         ("code diff api --output=/tmp/pwned..main", "looks like an option, not a tag, branch or commit SHA"),
         ("code diff api 9.9.9..main", "The repository of api has no tag or commit 9.9.9"),
-        ("code diff api main^..main", "main^ is not a tag, branch or commit SHA"),
+        ("code diff api main^{tree}..main", "main^{tree} is not a tag, branch or commit SHA"),
+        ("code diff api main~99..main", "main~99: main has no such ancestor"),
         ("code diff api v1.0.0..HEAD@{1}", "HEAD@{1} is not a tag, branch or commit SHA"),
         ("code diff", "Missing SERVICE"),
         ("code who ../etc/passwd api", "../etc/passwd has .. in it"),
