@@ -70,6 +70,7 @@ CLONE_RETRY_AFTER = 60.0  # a clone that failed is not tried again (per command)
 
 # A ref name git accepts, minus everything with a meaning beyond "a name": no leading `-` (an
 # option), no `..` (a range), no `^ ~ : @{ ? * [ \` or whitespace (revision expressions, globs).
+# Ancestry steps after a name (`~2`, `^`) are split off first: see split_ancestry.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]{0,199}")
 _HEX = re.compile(r"[0-9a-fA-F]{4,64}")
 _ANCESTRY = re.compile(r"(?:~\d{0,4}|\^[12]?)+$")

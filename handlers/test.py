@@ -27,7 +27,7 @@ FAILURES_PER_MESSAGE = 8
 
 
 async def _build_row(ctx: Ctx, service: str, number: int | None) -> BuildRow:
-    ctx.service(service)
+    svc = ctx.service(service)
     if number is None:
         r = await ctx.store.read(
             lambda db: one(
@@ -47,6 +47,11 @@ async def _build_row(ctx: Ctx, service: str, number: int | None) -> BuildRow:
         )
     if r is None:
         which = f"#{number}" if number else "finished"
+        if svc.build is None:  # `build SERVICE` would only say it is not configured
+            raise NotFound(
+                f"I have no {which} build of `{service}`, and it has no CI job to start one: "
+                f"add `services.{service}.build` (ci and job) to the config."
+            )
         raise NotFound(f"I have no {which} build of `{service}`; start one with `build {service}`.")
     return row_from(r)
 

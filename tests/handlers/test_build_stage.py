@@ -17,7 +17,7 @@ from handlers.build import card as build_card
 from tests.emulators.jenkins import BuildScript, Case, JenkinsEmulator, junit_xml
 from tests.emulators.slack import SlackEmulator
 from tests.emulators.travis import TravisEmulator
-from tests.support import ALICE, BOB, EVE, SlackHarness, click, slack_ops, slack_workspace, wait_until
+from tests.support import ALICE, BOB, EVE, SlackHarness, click, console_ops, slack_ops, slack_workspace, wait_until
 
 TOKEN_ENV = "OPSLOOP_TEST_JENKINS_TOKEN"
 
@@ -476,3 +476,11 @@ def test_travis_builds_cannot_name_archived_junit_files() -> None:
                 "services": {"web": {"build": {"ci": "travis", "job": "shop/web", "junit_artifacts": "*.xml"}}},
             }
         )
+
+
+async def test_a_test_report_of_a_service_without_a_ci_job_says_what_to_configure(tmp_path: Path) -> None:
+    # Before, it said "start one with `build shop`", which answers only that shop has no build.
+    async with console_ops(tmp_path, services={"shop": {}}) as h:
+        out = await h.say("test report shop")
+        assert "I have no finished build of shop, and it has no CI job to start one" in out
+        assert "services.shop.build" in out and "start one with build shop" not in out
