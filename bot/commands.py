@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from bot.durations import parse_duration
+from bot.durations import format_seconds, parse_duration
 from bot.errors import UsageError
 
 _QUOTES = {'"': '"', "“": "”", "”": "”", "„": "“"}
@@ -190,8 +190,10 @@ def rest(name: str, *, optional: bool = False, metavar: str | None = None) -> Pa
     return Param(name, Kind.REST, optional, metavar=metavar)
 
 
-def duration(name: str, *, optional: bool = False) -> Param:
-    return Param(name, Kind.DURATION, optional, metavar="DURATION")
+def duration(name: str, *, optional: bool = False, longest: timedelta | None = None) -> Param:
+    """A duration like 90s, 2h or 3d; `longest` refuses anything longer (kept in `max`, in seconds)."""
+    cap = int(longest.total_seconds()) if longest is not None else None
+    return Param(name, Kind.DURATION, optional, max=cap, metavar="DURATION")
 
 
 Handler = Callable[..., Awaitable[Any]]
@@ -426,6 +428,8 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
                 )
                 if skipped is not None:
                     raise _usage_error(spec, f"Missing {skipped.usage()}.")
+                if len(p.choices) == 1:  # a word of the sentence, like `to` in `deploy api 1.2 to prod`
+                    raise _usage_error(spec, f"Expected `{p.choices[0]}` before `{tok.text}`.")
                 raise _usage_error(spec, f"`{tok.text}` is not one of {', '.join(p.choices)}.")
             value, i = low, i + 1
         elif p.kind is Kind.KEY:
@@ -456,6 +460,8 @@ def parse_args(spec: CommandSpec, tokens: list[Token]) -> dict[str, Any]:
                 d: timedelta = parse_duration(tok.text)
             except ValueError as err:
                 raise _usage_error(spec, str(err)) from None
+            if p.max is not None and d.total_seconds() > p.max:
+                raise _usage_error(spec, f"{p.label} can be at most {format_seconds(p.max)}; `{tok.text}` is longer.")
             value, i = d, i + 1
         else:  # WORD
             value, i = tok.text, i + 1

@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import sqlite3
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -1033,7 +1034,8 @@ async def unlock(ctx: Ctx, env: str) -> v.Reply:
 @group.command(
     "freeze",
     c.word("env"),
-    c.duration("duration"),
+    # Longer is more likely a slip of the finger (400d for 4d); `lock ENV` holds an environment open-ended.
+    c.duration("duration", longest=timedelta(days=90)),
     c.text("reason"),
     id="deploy.freeze",
     examples=('freeze prod 2d "end of quarter"',),

@@ -273,6 +273,12 @@ def test_a_left_out_word_before_a_keyword_is_named_not_the_keyword_blamed() -> N
     with pytest.raises(UsageError, match=r"Missing VERSION\.") as err:
         GRAMMAR.parse("deploy api to prod")
     assert "is not one of" not in str(err.value)
-    with pytest.raises(UsageError, match=r"`staging` is not one of to\."):
-        GRAMMAR.parse("deploy api 1.2 staging prod")
+    with pytest.raises(UsageError, match=r"^Expected `to` before `staging`\."):
+        GRAMMAR.parse("deploy api 1.2 staging")  # not "`staging` is not one of to"
     assert GRAMMAR.parse("deploy api 1.2 to prod").args["version"] == "1.2"
+
+
+def test_a_duration_longer_than_its_command_takes_is_refused_with_the_limit() -> None:
+    with pytest.raises(UsageError, match=r"^DURATION can be at most 90d; `400d` is longer\.\nUsage: `freeze ENV"):
+        GRAMMAR.parse('freeze prod 400d "quarter end"')
+    assert GRAMMAR.parse('freeze prod 90d "quarter end"').args["duration"].days == 90
