@@ -507,7 +507,14 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
         state += f" until {iso(r.bake_until)}"
     fields: list[tuple[str, str]] = [("State", state), ("Requested by", f"<@{r.requester}>")]
     if r.action in ("deploy", "rollback"):
-        fields.append(("Version", f"`{v.esc(r.from_version or '?')}` → `{v.esc(r.version or 'previous')}`"))
+        to = f"`{v.esc(r.version or 'previous')}`"
+        if r.from_version:
+            moves = f"`{v.esc(r.from_version)}` → {to}"
+        elif r.state == "checking":  # what runs now is one of the things being checked
+            moves = f"→ {to}"
+        else:
+            moves = f"{to} (what ran before is not known)"
+        fields.append(("Version", moves))
     if r.digest:
         fields.append(("Image", f"`{v.esc(r.digest[:19])}…`"))
     blocks: list[v.Block] = [v.Header(head[:150]), v.Section(fields=tuple(fields))]

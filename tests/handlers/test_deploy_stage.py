@@ -147,7 +147,9 @@ async def test_request_checks_card_approvals_rollout_and_automatic_rollback_on_a
         assert deploys(tmp_path) == []
         await h.command("deploy shop 1.2.0 to staging", user=BOB)  # staging needs nobody's approval
         assert deploys(tmp_path) == ["shop 1.2.0 staging"]
-        assert "✅ done" in card_now(h, card_of(h, "Deploy shop 1.2.0 → staging"))
+        staged = card_now(h, card_of(h, "Deploy shop 1.2.0 → staging"))
+        assert "✅ done" in staged
+        assert "`1.2.0` (what ran before is not known)" in staged  # nothing ran there: no "`?` →"
 
         await h.command("deploy shop 1.2.0 to prod", user=BOB)
         prod = [m for m in release_cards(h) if "→ prod" in m.text]
