@@ -504,7 +504,7 @@ class SlackFrontend:
         url = inv.response_url
 
         async def ack_reply(reply: v.Reply) -> BoltResponse:
-            # Bolt answers Slack with the response a listener returns (process_before_response).
+            # Bolt answers Slack with the response SlashCommands returns (process_before_response).
             return self.acks.response(reply)
 
         async def deliver(reply: v.Reply) -> None:
