@@ -846,7 +846,9 @@ class AlertPipeline:
     ) -> int:
         labels = dict(batch.group_labels) or {"alertname": a.name}
         title = a.name
-        extra = [val for k, val in sorted(labels.items()) if k != "alertname"]
+        # Group labels the name already says (Nagios names a service `web01/HTTP`, grouped by host) are left out.
+        words = set(re.split(r"[\s/:]+", a.name))
+        extra = [val for k, val in sorted(labels.items()) if k != "alertname" and val not in words]
         if extra:
             title = f"{a.name} ({', '.join(extra)})"
         service = a.label("service") or a.label("app") or None

@@ -92,6 +92,19 @@ async def test_the_card_gives_the_sources_own_start_and_end_not_when_opsloop_hea
         assert "resolved after 30m" in json.dumps(card.blocks), json.dumps(card.blocks)
 
 
+async def test_a_group_title_names_its_group_labels_once(tmp_path: Path, emu: SlackEmulator) -> None:
+    # Nagios names a service `web01/HTTP` and groups by host: the title was "web01/HTTP (web01)".
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        nagios = alert("web01/HTTP", "n1", group="nagios:web01", host="web01")
+        disk = alert("Disk", "d1", group="disk:db1", host="db1")
+        for a in (nagios, disk):
+            await h.services.alerts.ingest(
+                AlertBatch("alertmanager", (a,), group_labels=(("host", dict(a.labels)["host"]),))
+            )
+        titles = await h.services.store.read(lambda db: rows(db, "SELECT title FROM alert_groups ORDER BY id"))
+        assert [t["title"] for t in titles] == ["web01/HTTP", "Disk (db1)"]
+
+
 async def test_one_card_per_group_edited_in_place(tmp_path: Path, emu: SlackEmulator) -> None:
     async with slack_ops(tmp_path, emu, **CONFIG) as h:
         pipe = h.services.alerts
@@ -307,10 +320,13 @@ async def test_without_alertmanagers_api_the_buttons_say_snooze_and_snooze_in_op
         [card] = cards(h, "C0ALERTS")
         assert "💤 snoozed until" in json.dumps(card.blocks, ensure_ascii=False)
         assert "Unsnooze" in button_labels(card) and "Snooze 1h" not in button_labels(card)
+        assert "(snoozed until" in (await h.command("alerts")).body_text  # the list says it too
         await click(h, "C0ALERTS", card.ts, "Unsnooze", ALICE)
         assert "The snooze is over" in emu.ephemerals_for(ALICE)[-1].text
         [card] = cards(h, "C0ALERTS")
         assert "snoozed" not in json.dumps(card.blocks) and "Snooze 1h" in button_labels(card)
+        listed = (await h.command("alerts")).body_text
+        assert "Disk" in listed and "snoozed" not in listed
         kinds = [r["kind"] for r in await h.services.store.read(lambda db: rows(db, "SELECT kind FROM events"))]
         assert kinds == ["alert.fired", "alert.snoozed", "alert.unsnoozed"]
 
