@@ -294,14 +294,19 @@ async def ack(ctx: Ctx, ref: GroupRef) -> v.Reply:
     if g.acked_by:
         raise Conflict(f"<@{g.acked_by}> already acknowledged it.")
     note = ""
-    if g.source == "nagios":
-        if ctx.services.nagios is None:
-            raise NotConfigured("Nagios isn't configured: add `integrations.nagios` (command_file, status_file).")
+    nagios = ctx.services.nagios
+    if g.source == "nagios" and nagios is None:
+        # Who owns it is worth recording even when Nagios can't be told; the answer says what it missed.
+        note = (
+            " Nagios was not told (it keeps notifying): add `integrations.nagios` (command_file, status_file)"
+            " to send acknowledgements there too."
+        )
+    elif g.source == "nagios" and nagios is not None:
         who = await ctx.directory.person(ctx.actor)
         for a in await ctx.services.alerts.alerts_of(g.id):
             if a.status == "firing":
                 try:
-                    await ctx.services.nagios.acknowledge(
+                    await nagios.acknowledge(
                         a.labels.get("host", ""),
                         a.labels.get("nagios_service") or None,
                         who.name,

@@ -105,6 +105,24 @@ async def test_a_group_title_names_its_group_labels_once(tmp_path: Path, emu: Sl
         assert [t["title"] for t in titles] == ["web01/HTTP", "Disk (db1)"]
 
 
+async def test_acknowledge_of_a_nagios_alert_without_nagios_configured_records_the_owner(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    # Before, the button was refused ("Nagios isn't configured") and who owns the page was not recorded.
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        page = replace(alert("web01/HTTP", "n1", host="web01", nagios_service="HTTP"), source="nagios")
+        await h.services.alerts.ingest(AlertBatch("nagios", (page,), group_labels=(("host", "web01"),)))
+        await h.settle()
+        [card] = cards(h, "C0ALERTS")
+        await click(h, "C0ALERTS", card.ts, "Acknowledge", ALICE)
+        said = emu.ephemerals_for(ALICE)[-1].text
+        assert "You own it now" in said and "Nagios was not told" in said and "integrations.nagios" in said
+        owners = await h.services.store.read(lambda db: rows(db, "SELECT acked_by FROM alert_groups"))
+        assert owners == [{"acked_by": ALICE}]
+        [card] = cards(h, "C0ALERTS")
+        assert "Acknowledge" not in button_labels(card)
+
+
 async def test_one_card_per_group_edited_in_place(tmp_path: Path, emu: SlackEmulator) -> None:
     async with slack_ops(tmp_path, emu, **CONFIG) as h:
         pipe = h.services.alerts
