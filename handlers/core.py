@@ -19,17 +19,17 @@ _HELP: weakref.WeakKeyDictionary[Router, dict[str | None, v.Reply]] = weakref.We
 
 @group.command(
     "help",
-    c.word("topic", optional=True, metavar="STAGE|COMMAND"),
+    c.rest("topic", optional=True, metavar="STAGE|COMMAND"),
     id="core.help",
-    examples=("help", "help plan", "help rollback"),
+    examples=("help", "help plan", "help rollback", "help code diff"),
 )
 async def help_(ctx: Ctx, topic: str | None) -> v.Reply:
     """List what I can do; `help STAGE` shows one stage in detail, `help COMMAND` one command."""
     # The registry is fixed once the router exists, so each topic's help is built once.
     cache = _HELP.setdefault(ctx.router, {})
-    key = topic.lower() if topic else None
+    key = " ".join(topic.lower().split()) if topic else None
     if key not in cache:
-        cache[key] = _build_help(ctx, topic)
+        cache[key] = _build_help(ctx, key)
     return cache[key]
 
 
@@ -63,20 +63,22 @@ def _build_help(ctx: Ctx, topic: str | None) -> v.Reply:
             lines = [f"`{s.usage()}` — {s.summary}" for s in g.commands if not s.hidden]
             blocks.append(v.Section(f"*{g.stage}* — {g.doc}\n" + "\n".join(lines)))
         return v.Reply(v.Message("opsloop commands", tuple(blocks)))
-    t = _STAGE_NAMES.get(topic.lower(), topic.lower())
+    t = _STAGE_NAMES.get(topic, topic)
     chosen = next((g for g in groups if g.stage == t), None)
     if chosen is not None:
         blocks = [v.Header(f"{chosen.stage}: {chosen.doc}")]
         blocks += [_described(s) for s in chosen.commands if not s.hidden]
         return v.Reply(v.Message(f"help: {chosen.stage}", tuple(blocks)))
-    # A command's first word: just those commands (`help rollback`, `help lock`), and where the rest is.
-    owners = [(g, s) for g in groups for s in g.commands if not s.hidden and s.words[0] == t]
+    # A command by its first words: just those commands (`help rollback`, `help code diff`), and where the
+    # rest of their stage is.
+    typed = tuple(t.split())
+    owners = [(g, s) for g in groups for s in g.commands if not s.hidden and s.words[: len(typed)] == typed]
     if owners:
         homes = sorted({g.stage for g, _ in owners})
         blocks = [v.Header(f"help: {t}"), *(_described(s) for _, s in owners)]
         blocks.append(v.Context((" · ".join(f"part of *{st}*: `help {st}` shows the rest" for st in homes),)))
         return v.Reply(v.Message(f"help: {t}", tuple(blocks)))
-    words = [s.words[0] for g in groups for s in g.commands if not s.hidden]
+    words = [" ".join(s.words[: len(typed)]) for g in groups for s in g.commands if not s.hidden]
     topics = list(dict.fromkeys([g.stage for g in groups] + words))
     close = difflib.get_close_matches(t, topics, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(f'`help {x}`' for x in close)}?" if close else ""

@@ -77,6 +77,10 @@ async def test_help_is_generated_and_typos_get_suggestions(tmp_path: Path) -> No
         assert "scale SERVICE ENV REPLICAS" in out and "restart SERVICE ENV" in out
         out = await h.say("help auidt")
         assert "Did you mean help audit" in out and "Stages: core" in out
+        out = await h.say("help plan new")  # a command of more than one word: that one alone
+        assert 'plan new "TITLE"' in out and "plan list" not in out and "help plan shows the rest" in out
+        out = await h.say("help plan nwe")
+        assert "There is no stage or command plan nwe. Did you mean help plan new," in out
         out = await h.say("plan lsit")
         assert "Did you mean" in out and "plan list" in out
         out = await h.say("whoami", as_user="bob")
