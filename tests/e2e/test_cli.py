@@ -75,6 +75,33 @@ def test_demo_config_runs_in_the_console(tmp_path: Path) -> None:
     assert "opsloop commands" in res.stdout and "U0ALICE" in res.stdout
 
 
+def readme_demo_lines() -> list[str]:
+    """The commands README.md tells a first-time user to type in the demo, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("In the demo you are `alice`. Try:", 1)[1].split("```", 2)[1]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readmes_demo_does_what_its_comments_say(tmp_path: Path) -> None:
+    # The README said `click 2` for "Approve" after the plan card gained numbered buttons, so a new user
+    # pressed Done again; this runs the README's own lines.
+    lines = readme_demo_lines()
+    assert "plan done OPS-1" in lines and any(x.startswith("click ") for x in lines)
+    res = opsloop(
+        "console",
+        "--config",
+        str(ROOT / "examples" / "demo.yml"),
+        stdin="\n".join(lines) + "\n",
+        env={"OPSLOOP_DB": str(tmp_path / "demo.db")},
+    )
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "@carol pressed “Approve”" in out and "Approved; carrying it out now." in out
+    assert "✅ OPS-1 Rotate TLS certificates" in out  # `plan list all` after the approval
+    assert "Recorded as feedback #1" in out
+    assert "Not allowed: insights.audit needs the role admins" in out  # eve's `audit`, with the reason
+
+
 def test_bad_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     data = config_data()
     data["approvals"] = {"plan.done": {"required": 0, "from": "ghosts"}}
