@@ -86,6 +86,7 @@ class Release:
     started_at: float | None
     finished_at: float | None
     bake_until: float | None
+    reason: str | None = None  # why, in the requester's words (also `break_glass` when it overrides)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -126,6 +127,7 @@ def release_from(r: dict[str, Any]) -> Release:
         progress=json.loads(r["progress"]) if r["progress"] else None,
         message=r["message"],
         break_glass=r["break_glass"],
+        reason=r["reason"],
         rollback_of=r["rollback_of"],
         created_at=r["created_at"],
         started_at=r["started_at"],
@@ -521,6 +523,8 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
     if r.break_glass:
         # The reason is what people typed (escaped); the mention is ours, so it stays a mention.
         blocks.append(v.Section(f"⚠️ *Break glass* by <@{r.requester}>: {v.esc(r.break_glass)}"))
+    elif r.reason:
+        blocks.append(v.Section(f"💬 *Why*: {v.esc(r.reason)}"))
     if r.checks:
         lines = [
             f"{'✅' if c.ok else ('❌' if c.blocking else '⚠️')} *{v.esc(c.name)}*: {v.esc(c.detail)}"

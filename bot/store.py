@@ -553,6 +553,13 @@ def m012_release_takes_out(db: Database) -> None:
     db.execute("ALTER TABLE releases ADD COLUMN takes_out TEXT NOT NULL DEFAULT '[]'")
 
 
+@MIGRATIONS()
+def m013_release_reason(db: Database) -> None:
+    # Why the requester deploys (`deploy api 1.4 to prod "fixes INC-7"`), for the approvers; a reason without
+    # `force` was dropped before. `break_glass` keeps the reason of an override, as it did.
+    db.execute("ALTER TABLE releases ADD COLUMN reason TEXT")
+
+
 def backfill_ended_by(db: Database) -> None:
     """`ended_by` of releases rolled back before the column existed, read from the message that said so
     ("Rolled back by release N, requested by …", the one words opsloop wrote for it)."""

@@ -298,6 +298,7 @@ async def request(
     if version is not None and not _VERSION.match(version):
         raise UsageError(f"`{version}` is not a version (letters, digits, `.`, `-`, `_`, `+`).")
     glass = await _break_glass(ctx, env, force, reason)
+    why = ctx.redactor.text(reason)[:500] if reason else None
     channel = rules.channel or ctx.config.channels.approvals or ctx.channel
     now = ctx.clock.now()
     services = ctx.services
@@ -314,8 +315,23 @@ async def request(
             )
         cur = db.execute(
             "INSERT INTO releases (action, service, env, version, replicas, requester, state, channel, break_glass,"
-            " rollback_of, image, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'checking', ?, ?, ?, ?, ?, ?)",
-            (action, service, env, version, replicas, ctx.actor, channel, glass, rollback_of, spec.image, now, now),
+            " reason, rollback_of, image, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'checking', ?, ?, ?, ?, ?, ?, ?)",
+            (
+                action,
+                service,
+                env,
+                version,
+                replicas,
+                ctx.actor,
+                channel,
+                glass,
+                why,
+                rollback_of,
+                spec.image,
+                now,
+                now,
+            ),
         )
         r = load_in(db, int(cur.lastrowid or 0))
         show_in(services, db, r, now)
@@ -327,7 +343,7 @@ async def request(
                 Outcome.REQUESTED,
                 ctx.channel,
                 r.title,
-                f"break glass: {glass}" if glass else None,
+                f"break glass: {glass}" if glass else (f"why: {why}" if why else None),
                 {"release": r.id},
             ),
         )
@@ -890,8 +906,9 @@ async def note_submit(ctx: Ctx, values: dict[str, str | None], meta: NoteMeta) -
 async def deploy(ctx: Ctx, service: str, version: str, to: str, env: str, force: bool, reason: str | None) -> v.Reply:
     """Deploy VERSION of SERVICE to ENV: checks, approvals (where ENV needs them), rollout, bake.
 
-    `force "reason"` breaks glass over a freeze, a lock, firing alerts or red tests; only roles in the
-    environment's `break_glass` may, and it is audited and shown on the card."""
+    A "REASON" is shown on the card for the approvers and kept in the audit. `force "reason"` breaks glass
+    over a freeze, a lock, firing alerts or red tests; only roles in the environment's `break_glass` may,
+    and it is audited and shown on the card."""
     r = await request(ctx, "deploy", service, env, version=version, force=force, reason=reason)
     return v.Reply.text(f"Checking release {r.id}: {r.title}. Its card in {r.channel} follows it from here.")
 

@@ -151,12 +151,14 @@ async def test_request_checks_card_approvals_rollout_and_automatic_rollback_on_a
         assert "✅ done" in staged
         assert "`1.2.0` (what ran before is not known)" in staged  # nothing ran there: no "`?` →"
 
-        await h.command("deploy shop 1.2.0 to prod", user=BOB)
+        await h.command('deploy shop 1.2.0 to prod "fixes the login timeout"', user=BOB)
         prod = [m for m in release_cards(h) if "→ prod" in m.text]
         assert [m.text.split(":")[1].strip() for m in prod] == ["⛔ refused by the checks", "⏳ waiting for approval"]
         card = prod[1]
         text = card_now(h, card)
         assert "*Requested by*\\n<@U0BOB>" in text and "`1.1.0` → `1.2.0`" in text
+        # Why, for the approvers: a reason without `force` was dropped before.
+        assert "💬 *Why*: fixes the login timeout" in text and "Break glass" not in text
         # The changelog between the running and the candidate version, tickets linked to the tracker.
         assert "<https://jira.example.com/browse/SHOP-12|SHOP-12> Faster checkout — Bea Kim" in text
         assert "Fix the login timeout (<https://jira.example.com/browse/SHOP-13|SHOP-13>) — Cy Ode" in text
