@@ -323,23 +323,19 @@ class ConsoleSession:
             values: dict[str, str | None] = {}
             for inp in modal.inputs:
                 if isinstance(inp, v.TextInput):
-                    hint = f" [{inp.initial[:60]}]" if inp.initial else ""
-                    answer = await self._ask(f"{inp.label}{hint} (empty keeps it)")
+                    if inp.initial:
+                        hint = f" [{inp.initial[:60]}] (empty keeps it)"
+                    else:
+                        hint = " (may be left empty)" if inp.optional else ""
+                    answer = await self._ask(f"{inp.label}{hint}")
                     if answer is None:
                         return
                     values[inp.name] = answer.strip() or inp.initial or None
                 else:
-                    opts = " ".join(f"[{i}] {label}" for i, (_, label) in enumerate(inp.options, 1))
-                    answer = await self._ask(f"{inp.label}: {opts}")
-                    if answer is None:
+                    try:
+                        values[inp.name] = await self._choose(inp)
+                    except EOFError:
                         return
-                    picked = inp.initial
-                    a = answer.strip()
-                    if a.isdigit() and 1 <= int(a) <= len(inp.options):
-                        picked = inp.options[int(a) - 1][0]
-                    elif a:
-                        picked = next((val for val, label in inp.options if a.lower() in (val, label.lower())), picked)
-                    values[inp.name] = picked
             sub = Submission(actor=user, callback=modal.callback, values=values, metadata=modal.metadata)
             try:
                 reply = await self.router.submit(sub, self.surface, channel)
@@ -350,6 +346,27 @@ class ConsoleSession:
                 self.screen.show(
                     "only you see this", rendering.message(reply.message), channel=channel, style="magenta"
                 )
+
+    async def _choose(self, inp: v.Choice) -> str | None:
+        """One of a choice's values, asked until the answer is one (a number, a label or a value; empty
+        keeps the initial one); EOFError at the end of input. A wrong answer is said, never taken for the
+        initial one in silence."""
+        opts = " ".join(f"[{i}] {label}" for i, (_, label) in enumerate(inp.options, 1))
+        keep = next((label for val, label in inp.options if val == inp.initial), None)
+        question = f"{inp.label}: {opts}" + (f" (empty keeps {keep})" if keep else "")
+        while True:
+            answer = await self._ask(question)
+            if answer is None:
+                raise EOFError
+            a = answer.strip()
+            if not a:
+                return inp.initial
+            if a.isdigit() and 1 <= int(a) <= len(inp.options):
+                return inp.options[int(a) - 1][0]
+            found = next((val for val, label in inp.options if a.lower() in (val, label.lower())), None)
+            if found is not None:
+                return found
+            self.out.print(Text(f"`{a[:40]}` is not one of the choices: answer 1–{len(inp.options)}.", style="red"))
 
     async def handle(self, line: str) -> bool:
         """Run one line; False when the session should end."""

@@ -144,6 +144,25 @@ async def test_message_shortcut_form_becomes_a_plan_item(tmp_path: Path) -> None
         assert fb == [{"source": "shortcut", "plan_key": "OPS-1"}]
 
 
+async def test_a_console_choice_asks_again_after_an_answer_that_is_none_of_its_options(tmp_path: Path) -> None:
+    # It took any wrong answer for the initial choice in silence: a note typed one prompt early turned a
+    # "plan item" choice into "keep as feedback", and the note itself went nowhere.
+    from bot.router import ShortcutCall
+
+    async with console_ops(tmp_path) as h:
+        call = ShortcutCall(
+            actor=ALICE, callback="feedback.message", channel="#ops", message_ts="1.2",
+            message_text="Login is slow since Tuesday", message_user=DAVE,
+        )  # fmt: skip
+        await h.ops.router.shortcut(call, h.ops.surface)
+        h.session._reader = _Scripted(["", "make it a ticket please", "2"])  # type: ignore[assignment]
+        await h.session._fill_forms()
+        await h.session.settle()
+        assert "`make it a ticket please` is not one of the choices: answer 1–2." in h.text()
+        fb = await h.services.store.read(lambda db: rows(db, "SELECT plan_key FROM feedback"))
+        assert fb == [{"plan_key": "OPS-1"}]
+
+
 async def test_app_home_shows_open_items_and_feedback(tmp_path: Path) -> None:
     async with console_ops(tmp_path) as h:
         await h.say('plan new "Mine" @alice')
