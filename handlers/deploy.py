@@ -865,13 +865,27 @@ class NoteMeta(BaseModel):
 @group.action("deploy.note", value=ReleaseRef, policy="feedback.send")
 async def note(ctx: Ctx, ref: ReleaseRef) -> None:
     """Button: a form for a note about the release."""
+    # Starts from one's own rating of it, if one pressed a rating button already: the note adds to it.
+    said = await ctx.store.read(
+        lambda db: one(
+            db,
+            "SELECT rating FROM feedback WHERE release_id = ? AND author = ? AND rating IS NOT NULL"
+            " ORDER BY id DESC LIMIT 1",
+            (ref.release, ctx.actor),
+        )
+    )
     await ctx.open_modal(
         v.Modal(
             title="How did it go?",
             callback="deploy.note_submit",
             submit="Send",
             inputs=(
-                v.Choice("rating", "Overall", (("good", "Smooth"), ("meh", "Bumpy"), ("bad", "Bad")), "good"),
+                v.Choice(
+                    "rating",
+                    "Overall",
+                    (("good", "Smooth"), ("meh", "Bumpy"), ("bad", "Bad")),
+                    said["rating"] if said else "good",
+                ),
                 v.TextInput("note", "Note", multiline=True, optional=True),
             ),
             metadata=NoteMeta(release=ref.release).model_dump_json(),

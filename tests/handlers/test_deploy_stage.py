@@ -389,6 +389,11 @@ async def test_kubernetes_rollout_progress_on_the_card_then_an_image_pull_failur
         assert feedback == [{"release_id": 1, "rating": "good", "author": BOB}]
         # ...and the answer appears with the release, in its thread.
         await wait_until(lambda: "🟢 <@U0BOB>: Smooth release" in thread_text(h, card), 20, "the answer in the thread")
+        # A note after a rating starts from that rating, not from "Smooth" whatever one said.
+        await click(h, C, prompt.ts, "😐 Bumpy", BOB, jobs=False)
+        await click(h, C, prompt.ts, "Add a note…", BOB, jobs=False)
+        form = json.dumps(list(emu.views.values())[-1]["blocks"], ensure_ascii=False)
+        assert '"initial_option": {"text": {"type": "plain_text", "text": "Bumpy"' in form, form
 
         # The next version's pods can't pull their image: the card says so, the rollout fails.
         k8s.auto_tick(0.02)
