@@ -145,6 +145,7 @@ class CommandTarget:
     name = "command"
     resumable = False
     operates = False
+    revisions = False
 
     def __init__(
         self,

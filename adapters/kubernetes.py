@@ -270,6 +270,7 @@ class KubernetesTarget:
     name = "kubernetes"
     resumable = True
     operates = True
+    revisions = True
 
     def __init__(
         self,

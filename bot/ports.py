@@ -672,6 +672,7 @@ class DeployTarget(Protocol):
     name: str
     resumable: bool  # can `resume` re-attach to a rollout after a restart
     operates: bool  # can `scale` and `restart` the workload (a command target can't)
+    revisions: bool  # can roll back to its previous revision without being told a version (rollout undo)
 
     async def running_version(self, spec: TargetSpec) -> str | None: ...
 

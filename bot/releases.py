@@ -485,10 +485,10 @@ def _ticket_links(text: str, tickets: list[str], ticket_url: str | None) -> str:
     return text
 
 
-def _goes_back_somewhere(r: Release) -> bool:
-    """Whether rolling this release back has something to go back to: a version that ran before it (for an
-    image, its earlier revision, even under the same tag)."""
-    return r.from_version is not None and (r.from_version != r.version or r.image is not None)
+def _goes_back_somewhere(r: Release, revisions: bool) -> bool:
+    """Whether rolling this release back has something to go back to: a version that ran before it (for a
+    target that keeps `revisions`, its earlier revision, even under the same tag)."""
+    return r.from_version is not None and (r.from_version != r.version or revisions)
 
 
 def _commits(title: str, commits: list[dict[str, Any]], ticket_url: str | None) -> v.Section:
@@ -501,8 +501,11 @@ def _commits(title: str, commits: list[dict[str, Any]], ticket_url: str | None) 
     return v.Section(f"{title}\n" + "\n".join(shown) + (f"\n…and {more} more" if more > 0 else ""))
 
 
-def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None = None) -> v.Message:
-    """The release card: what, from what to what, checks, changelog, tests, approvals, rollout, buttons."""
+def card(
+    r: Release, a: Approval | None, *, now: float, ticket_url: str | None = None, revisions: bool = False
+) -> v.Message:
+    """The release card: what, from what to what, checks, changelog, tests, approvals, rollout, buttons;
+    `revisions` when its target can go back to a previous revision by itself (see DeployTarget)."""
     head = f"🚀 {r.title}" if r.action == "deploy" else f"🛠️ {r.title}"
     state = _STATE_LINE.get(r.state, r.state)
     if r.state == "baking" and r.bake_until:
@@ -589,7 +592,7 @@ def card(r: Release, a: Approval | None, *, now: float, ticket_url: str | None =
     if (
         (r.state in ("baking", "succeeded") and r.action in ("deploy", "rollback"))
         or (r.state == "failed" and r.action == "deploy")
-    ) and _goes_back_somewhere(r):
+    ) and _goes_back_somewhere(r, revisions):
         buttons.append(
             v.Button(
                 "Rollback",

@@ -29,7 +29,7 @@ from bot.clock import iso
 from bot.config import ApprovalRule
 from bot.context import Ctx, Services
 from bot.durations import format_duration
-from bot.errors import Conflict, NotAllowed, UsageError, UserError
+from bot.errors import Conflict, NotAllowed, NotConfigured, UsageError, UserError
 from bot.jobs import JobCtx
 from bot.ports import AdapterError, DeployProgress, DeployResult, WorkloadStatus
 from bot.releases import (
@@ -75,13 +75,22 @@ def _ticket_url(services: Services, service: str) -> str | None:
     return svc.repo.ticket_url if svc and svc.repo else None
 
 
+def _revisions(services: Services, r: Release) -> bool:
+    """Whether the target of `r` keeps revisions to roll back to (asked of it as configured now, since a
+    Rollback click goes to the target as configured then)."""
+    try:
+        return target_for(services, target_spec(services.config, r.service, r.env)).revisions
+    except NotConfigured:
+        return False
+
+
 def show_in(services: Services, db: Database, r: Release, now: float) -> None:
     """Post or edit the release card inside a transaction."""
     a = load_approval(db, r.approval_id) if r.approval_id else None
     services.post_in(
         db,
         r.channel,
-        card(r, a, now=now, ticket_url=_ticket_url(services, r.service)),
+        card(r, a, now=now, ticket_url=_ticket_url(services, r.service), revisions=_revisions(services, r)),
         key=r.key,
         dedupe=f"post:{r.key}",
     )
@@ -792,7 +801,7 @@ async def _auto_rollback(services: Services, r: Release, target: Any, spec: Any,
     to = r.from_version
     image = f"{spec.image}:{to}" if spec.image and to else None
     try:
-        result = await target.rollback(spec, to if spec.kind == "command" else None, image, progress)
+        result = await target.rollback(spec, None if target.revisions else to, image, progress)
     except AdapterError as err:
         result = DeployResult(False, str(err))
     if result.ok:

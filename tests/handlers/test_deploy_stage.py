@@ -291,6 +291,25 @@ async def test_a_command_target_rolls_back_to_what_ran_before_the_release_undone
         await card_shows(h, second, "↩️ rolled back")
 
 
+async def test_a_command_target_with_an_image_offers_no_rollback_of_a_redeploy(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    # The card once decided "can go back to an earlier revision" by whether an image was configured; a
+    # command target has no revisions, and the click could then only say "no earlier version is known".
+    async with registry_server(tmp_path / "registry") as reg:
+        await push_image(reg.url, "shop/web", "1.1.0", layer=tiny_layer("a build"))
+        cfg = scripted_config(tmp_path)
+        cfg["services"]["shop"]["deploy"]["image"] = f"127.0.0.1:{reg.port}/shop/web"
+        cfg["integrations"]["registry"] = {"url": reg.url, "timeout": "5s"}
+        async with slack_ops(tmp_path, emu, clock=FakeClock(), **cfg) as h:
+            await h.command("deploy shop 1.1.0 to staging", user=BOB)
+            await card_shows(h, card_of(h, "Deploy shop 1.1.0 → staging"), "✅ done")
+            await h.command("deploy shop 1.1.0 to staging", user=BOB)
+            again = release_cards(h)[-1]
+            assert "redeploy" in await card_shows(h, again, "✅ done")
+            assert "Rollback" not in buttons_of(h, again)
+
+
 async def test_a_lock_is_announced_in_the_third_person_and_a_break_glass_unlock_names_whose_it_was(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
