@@ -25,7 +25,7 @@ from bot import views as v
 from bot.audit import AuditEntry, AuditLog, Outcome
 from bot.clock import Clock, iso
 from bot.config import ApprovalRule, Config
-from bot.durations import format_seconds
+from bot.durations import format_left
 from bot.errors import Conflict, NotAllowed, NotFound
 from bot.jobs import JobRunner
 from bot.outbox import Outbox
@@ -200,7 +200,7 @@ def card(a: Approval, now: float) -> v.Message:
                 )
             )
         )
-        blocks.append(v.Context((f"Request `{a.id}` · expires in {format_seconds(left)} · {WITHDRAW_HINT}",)))
+        blocks.append(v.Context((f"Request `{a.id}` · expires in {format_left(left)} · {WITHDRAW_HINT}",)))
     else:
         blocks.append(v.Context((f"Request `{a.id}` · {a.state.value}: {a.decided_reason or ''}",)))
     return v.Message(f"{head}: {a.summary}", tuple(blocks))

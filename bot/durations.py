@@ -31,6 +31,14 @@ def format_seconds(seconds: float) -> str:
     return format_duration(timedelta(seconds=int(seconds)))
 
 
+def format_left(seconds: float) -> str:
+    """Time left, as people read a countdown: to the minute from two minutes up (`30m`, not `29m58s`, for a
+    request a moment old), to the second below."""
+    if seconds >= 120:
+        return format_seconds(round(seconds / 60) * 60)
+    return format_seconds(seconds)
+
+
 def format_duration(delta: timedelta) -> str:
     """The short form of a duration: `1h30m`, `45s`."""
     seconds = int(delta.total_seconds())

@@ -11,7 +11,7 @@ from bot.approvals import Approval
 from bot.clock import iso
 from bot.context import Ctx, Services
 from bot.dora import CHOICES, DAY, REPORT_YEAR, Dora, compute_with_weeks, human, pct
-from bot.durations import format_seconds, parse_duration
+from bot.durations import format_left, parse_duration
 from bot.errors import UsageError
 from bot.jobs import JobCtx
 from bot.ports import Series
@@ -250,12 +250,14 @@ async def digest(ctx: Ctx) -> v.Reply:
 # --- App Home: a dashboard -----------------------------------------------------------------------------------
 
 
-def _waiting(a: Approval, now: float) -> str:
-    """A request on the dashboard: what, its votes, who asked, where its card is, how long it has left."""
+def _waiting(a: Approval, now: float, *, mine: bool = False) -> str:
+    """A request on the dashboard: what, its votes, who asked (unless it was me), where its card is, how
+    long it has left."""
+    asker = "" if mine else f", asked by <@{a.requester}>"
     where = f" in {v.channel(a.channel)}" if a.channel else ""
     return (
-        f"• {v.esc(a.summary[:200])} — {a.approvals} of {a.required}, asked by <@{a.requester}>{where},"
-        f" expires in {format_seconds(a.expires_at - now)}"
+        f"• {v.esc(a.summary[:200])} — {a.approvals} of {a.required}{asker}{where},"
+        f" expires in {format_left(a.expires_at - now)}"
     )
 
 
@@ -291,7 +293,7 @@ async def dashboard(ctx: Ctx) -> list[v.Block]:
         lines = [_waiting(a, now) for a in theirs[:10]]
         blocks.append(v.Section("*Waiting for your approval*\n" + "\n".join(lines)))
     if own:
-        lines = [_waiting(a, now) for a in own[:10]]
+        lines = [_waiting(a, now, mine=True) for a in own[:10]]
         blocks.append(v.Section("*Your requests waiting*\n" + "\n".join(lines)))
         blocks.append(v.Context(("Reject on a request's card withdraws it.",)))
     if facts["releases"]:

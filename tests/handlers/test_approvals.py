@@ -55,8 +55,10 @@ async def test_the_app_home_lists_the_requests_one_may_decide_and_ones_own_that_
         aid = await critical_item(h)  # alice asks to close OPS-1; approvers decide
         out = " ".join((await h.say("home", as_user="bob")).replace("│", " ").split())
         assert "Waiting for your approval" in out and "OPS-1" in out and "0 of 2, asked by @alice" in out
+        assert "expires in 30m" in out  # a countdown to the minute, not "29m58s"
         out = " ".join((await h.say("home", as_user="alice")).replace("│", " ").split())
         assert "Your requests waiting" in out and "Reject on a request's card withdraws it" in out
+        assert "0 of 2 in" in out and "asked by" not in out  # her own: no "asked by @alice"
         assert "Waiting for your approval" not in out
         out = await h.say("home", as_user="dave")  # a developer, no approver
         assert "Waiting for your approval" not in out and "Your requests waiting" not in out
