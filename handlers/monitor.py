@@ -436,10 +436,11 @@ async def alerts(ctx: Ctx, filter: str | None) -> v.Reply:
             continue
         seen.update(a.fingerprint for a in firing)
         marks = ("🔕" if g.silence_id else "") + ("👀" if g.acked_by else "")
-        snoozed = g.snoozed_until is not None and g.snoozed_until > ctx.clock.now()
+        until = g.snoozed_until
+        snoozed = f" _(snoozed until {iso(until)})_" if until is not None and until > ctx.clock.now() else ""
         lines.append(
             f"{marks}*{v.esc(g.title)}* ({g.severity}, {len(firing)} firing) in {v.esc(g.channel)} — group `{g.id}`"
-            + (f" _(snoozed until {iso(g.snoozed_until)})_" if snoozed and g.snoozed_until else "")
+            + snoozed
         )
     extra = 0
     if ctx.services.alertmanager is not None:
