@@ -96,6 +96,28 @@ async def test_plan_card_approval_and_update_in_place(tmp_path: Path, emu: Slack
         assert (await h.services.audit.verify()).ok
 
 
+async def test_the_requester_withdraws_a_plan_approval_with_reject_on_its_card(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    # The generic approval card through Slack: its requester's Reject withdraws it, nothing is done, and
+    # the card and its thread say so.
+    async with slack_ops(tmp_path, emu) as h:
+        await h.command('plan new "Rotate certs" critical')
+        [card] = emu.messages("C0OPS")
+        await click(h, "C0OPS", card.ts, "Done", ALICE)
+        [approval] = emu.messages("C0APR")
+        assert "its requester can withdraw it with Reject" in json.dumps(approval.blocks, ensure_ascii=False)
+        await click(h, "C0APR", approval.ts, "Reject", ALICE)
+        shown = json.dumps(emu.message("C0APR", approval.ts).blocks, ensure_ascii=False)
+        assert "withdrawn" in shown.lower() and '"type": "actions"' not in shown, shown  # no buttons left
+        assert any("withdrew the request" in m.text for m in emu.replies("C0APR", approval.ts))
+        assert "✅ done" not in json.dumps(emu.message("C0OPS", card.ts).blocks, ensure_ascii=False)
+        item = await h.services.tracker().get("OPS-1")
+        assert item.status.value == "open" and item.closed_by is None
+        actions = [(r["actor"], r["action"], r["outcome"]) for r in await audit_rows(h)]
+        assert (ALICE, "approval.reject", "withdrawn") in actions
+
+
 async def test_usergroup_membership_is_cached(tmp_path: Path, emu: SlackEmulator) -> None:
     async with slack_ops(tmp_path, emu) as h:
         for _ in range(5):
