@@ -282,7 +282,12 @@ class Garbage:
         self.seen += 1
         await request.read()
         status, ctype, body = GARBAGE[self.kind]
-        return web.Response(status=status, body=body, headers={"Content-Type": ctype})
+        resp = web.Response(status=status, body=body, headers={"Content-Type": ctype})
+        # No keep-alive: a client's pooled connection to this server could otherwise outlive `stop` and
+        # carry a request meant for the tool back up on the same port (seen once in CI: the recovery
+        # call of the Jenkins test got the last garbage).
+        resp.force_close()
+        return resp
 
     async def start(self, port: int) -> None:
         app = web.Application()
