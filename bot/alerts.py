@@ -111,6 +111,10 @@ class Group:
     def firing(self) -> bool:
         return self.status == _FIRING
 
+    def snoozed(self, now: float) -> float | None:
+        """When the group's snooze ends, while it is snoozed at `now`; None otherwise."""
+        return self.snoozed_until if self.snoozed_until is not None and self.snoozed_until > now else None
+
 
 def _group(r: dict[str, Any]) -> Group:
     return Group(
@@ -255,7 +259,7 @@ def alert_buttons(g: Group, offer: Offer, runbook: str | None, has_query: bool, 
         real = offer.silences_for(g)
         if g.silence_id:
             out.append(v.Button("Unsilence", "alert.unsilence", ref))
-        elif g.snoozed_until and g.snoozed_until > now:
+        elif g.snoozed(now):
             out.append(v.Button("Unsnooze", "alert.unsnooze", ref))
         else:
             out.extend(
@@ -270,8 +274,8 @@ def alert_buttons(g: Group, offer: Offer, runbook: str | None, has_query: bool, 
             out.append(v.Button("Acknowledge", "alert.ack", ref, v.Style.PRIMARY))
         if g.source in NEVER_RESOLVE:
             out.append(v.Button("Resolve", "alert.resolve", ref))
-    if runbook:
-        out.append(v.Button("Runbook", "alert.runbook", ref, url=runbook))
+    if (link := v.Button.link("Runbook", "alert.runbook", ref, runbook)) is not None:
+        out.append(link)
     if has_query and offer.graphs:
         out.append(v.Button("Graph", "alert.graph", ref))
     if g.release and g.firing:
@@ -356,8 +360,8 @@ def card(g: Group, alerts: Sequence[StoredAlert], *, now: float, offer: Offer = 
             if g.acked_by.startswith(("U", "W"))
             else f"👀 acknowledged by {v.esc(g.acked_by)}"
         )
-    if g.snoozed_until and g.snoozed_until > now:
-        notes.append(f"💤 snoozed until {iso(g.snoozed_until)}")
+    if snoozed := g.snoozed(now):
+        notes.append(f"💤 snoozed until {iso(snoozed)}")
     if g.ticket:
         notes.append(f"🎫 ticket {v.esc(g.ticket)}")
     if notes:
@@ -519,8 +523,8 @@ def page_group(g: Group, alerts: Sequence[ShownAlert], *, now: float, offer: Off
         notes.append(f"🔕 silenced by <@{g.silenced_by}>")
     if g.acked_by:
         notes.append(f"👀 <@{g.acked_by}>" if g.acked_by.startswith(("U", "W")) else f"👀 {v.esc(g.acked_by)}")
-    if g.snoozed_until and g.snoozed_until > now:
-        notes.append(f"💤 until {iso(g.snoozed_until)}")
+    if snoozed := g.snoozed(now):
+        notes.append(f"💤 until {iso(snoozed)}")
     if g.ticket:
         notes.append(f"🎫 {v.esc(g.ticket)}")
     if g.truncated:
@@ -986,7 +990,7 @@ class AlertPipeline:
         ]
         message = card(g, alerts, now=now, offer=self.offer)
         self.s.post_in(db, g.channel, message, key=g.card_key, dedupe=f"post:{g.card_key}")
-        if g.snoozed_until and g.snoozed_until > now:
+        if g.snoozed(now):
             return
         fresh = [a for a in alerts if a.id in new_alerts]
         for n, message in enumerate(details(fresh)):

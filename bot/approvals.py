@@ -33,8 +33,6 @@ from bot.policy import Policy
 from bot.ports import SqlStore
 from bot.store import one, rows
 
-# Slack's channel ids (C…, G… private, D… direct); channel names are lower case, so never match.
-
 
 class ApprovalState(enum.StrEnum):
     PENDING = "pending"

@@ -19,7 +19,7 @@ from bot import views as v
 from bot.approvals import WITHDRAW_HINT, Approval, ApprovalState
 from bot.clock import iso
 from bot.config import Config, EnvironmentConfig
-from bot.durations import format_seconds
+from bot.durations import format_left
 from bot.errors import NotConfigured, NotFound
 from bot.ports import AdapterError, AdapterNotFound, Commit, DeployTarget, TargetSpec
 from bot.store import one, rows
@@ -585,7 +585,7 @@ def card(
                     confirm=v.Confirm("Reject?", f"Reject this {r.action}?", "Reject"),
                 )
             )
-            blocks.append(v.Context((f"expires in {format_seconds(a.expires_at - now)} · {WITHDRAW_HINT}",)))
+            blocks.append(v.Context((f"expires in {format_left(a.expires_at - now)} · {WITHDRAW_HINT}",)))
     # After a failed deploy the target may be half changed (pods that can't pull their image): rolling
     # back is what one wants then, as after a success or during the bake. Not when nothing ran before it:
     # there is nothing to go back to, and a button that can only answer "which version?" misleads.

@@ -281,7 +281,7 @@ async def unsilence(ctx: Ctx, ref: GroupRef) -> v.Reply:
 async def unsnooze(ctx: Ctx, ref: GroupRef) -> v.Reply:
     """Button: end this group's snooze now; its news goes to the thread again."""
     g = await _group_or_404(ctx, ref.group)
-    if not g.snoozed_until or g.snoozed_until <= ctx.clock.now():
+    if not g.snoozed(ctx.clock.now()):
         raise Conflict("This group is not snoozed.")
     await ctx.services.alerts.change(ref.group, "alert.unsnoozed", ctx.actor, snoozed_until=None)
     return v.Reply.text("The snooze is over; new alerts of this group show in its thread again.")
@@ -436,8 +436,8 @@ async def alerts(ctx: Ctx, filter: str | None) -> v.Reply:
             continue
         seen.update(a.fingerprint for a in firing)
         marks = ("🔕" if g.silence_id else "") + ("👀" if g.acked_by else "")
-        until = g.snoozed_until
-        snoozed = f" _(snoozed until {iso(until)})_" if until is not None and until > ctx.clock.now() else ""
+        until = g.snoozed(ctx.clock.now())
+        snoozed = f" _(snoozed until {iso(until)})_" if until else ""
         lines.append(
             f"{marks}*{v.esc(g.title)}* ({g.severity}, {len(firing)} firing) in {v.esc(g.channel)} — group `{g.id}`"
             + snoozed

@@ -105,6 +105,21 @@ async def test_a_group_title_names_its_group_labels_once(tmp_path: Path, emu: Sl
         assert [t["title"] for t in titles] == ["web01/HTTP", "Disk (db1)"]
 
 
+async def test_a_runbook_url_too_long_for_a_button_costs_the_button_not_the_card(
+    tmp_path: Path, emu: SlackEmulator
+) -> None:
+    # As with a build's URL: an annotation longer than Slack takes for a button made the card fail to render.
+    base = "https://runbooks.example.com/disk?"
+    async with slack_ops(tmp_path, emu, **CONFIG) as h:
+        for fp, length in (("long", 3001), ("fits", 3000)):
+            a = replace(alert(f"Disk {fp}", fp), annotations=(("runbook_url", base + "q" * (length - len(base))),))
+            await h.services.alerts.ingest(batch(a))
+        await h.settle()
+        by_title = {c.text.split(": ", 1)[-1]: c for c in cards(h, "C0ALERTS")}
+        assert "Runbook" not in button_labels(by_title["Disk long"])
+        assert "Runbook" in button_labels(by_title["Disk fits"])
+
+
 async def test_acknowledge_of_a_nagios_alert_without_nagios_configured_records_the_owner(
     tmp_path: Path, emu: SlackEmulator
 ) -> None:
